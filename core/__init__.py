@@ -1,0 +1,1 @@
+"""OwnGPT core: everything but the page scripts. Only core.ui imports streamlit."""
