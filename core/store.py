@@ -1,0 +1,137 @@
+"""The database: a SQLite file under data/ by default, DATABASE_URL (PostgreSQL) for teams."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+
+DEFAULT_PATH = Path("data") / "owngpt.sqlite3"
+
+metadata = MetaData()
+
+# One row per model call, whatever its outcome. Never a key: endpoint name and base URL only.
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user", String(200), nullable=False, index=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("source", String(40), nullable=False),  # chat, compare, settings
+    Column("endpoint", String(200), nullable=False),
+    Column("provider", String(20), nullable=False),  # openai, azure, ollama
+    Column("base_url", String(500), nullable=False),
+    Column("model", String(200), nullable=False, index=True),
+    Column("status", String(10), nullable=False),  # ok, stopped, error
+    Column("error_kind", String(40)),
+    Column("error_detail", Text),
+    Column("finish_reason", String(40)),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("cached_input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("estimated", Boolean, nullable=False, default=False),
+    Column("cost_usd", Numeric(18, 8)),  # NULL when the price is unknown, never a made-up 0
+    Column("ttft_s", Float),
+    Column("total_s", Float),
+    Column("output_chars", Integer, nullable=False, default=0),
+    Column("conversation_id", String(64)),
+)
+
+# Prices a user set for a model (per million tokens), taking precedence over genai-prices.
+prices = Table(
+    "prices",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user", String(200), nullable=False),
+    Column("endpoint", String(200), nullable=False),  # "*" for any endpoint
+    Column("model", String(200), nullable=False),
+    Column("input_per_mtok", Numeric(18, 8), nullable=False),
+    Column("cached_input_per_mtok", Numeric(18, 8)),
+    Column("output_per_mtok", Numeric(18, 8), nullable=False),
+    UniqueConstraint("user", "endpoint", "model"),
+)
+
+# Small per-user choices the app remembers, such as the model used last.
+preferences = Table(
+    "preferences",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user", String(200), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("value", JSON),
+    UniqueConstraint("user", "name"),
+)
+
+
+def database_url() -> str:
+    """DATABASE_URL if set, else the local SQLite file."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url.startswith("postgres://"):  # Heroku-style URLs; SQLAlchemy wants postgresql://
+        url = "postgresql://" + url.removeprefix("postgres://")
+    return url or f"sqlite:///{DEFAULT_PATH}"
+
+
+def engine(url: str | None = None) -> Engine:
+    """The engine for a URL (default: the configured one), made once per process."""
+    return _engine_for(url or database_url())
+
+
+@functools.cache
+def _engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    eng = create_engine(url, pool_pre_ping=True)
+    if eng.dialect.name == "sqlite":
+        event.listen(eng, "connect", _sqlite_pragmas)
+    metadata.create_all(eng)
+    return eng
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # WAL lets the page read the log while a stream's thread writes its row.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def get_preference(user: str, name: str, default: Any = None, *, eng: Engine | None = None) -> Any:
+    """A remembered choice, or the default."""
+    with (eng or engine()).connect() as conn:
+        row = conn.execute(
+            select(preferences.c.value).where(
+                preferences.c.user == user, preferences.c.name == name
+            )
+        ).first()
+    return default if row is None else row[0]
+
+
+def set_preference(user: str, name: str, value: Any, *, eng: Engine | None = None) -> None:
+    """Remember a choice for this user."""
+    with (eng or engine()).begin() as conn:
+        where = (preferences.c.user == user) & (preferences.c.name == name)
+        if conn.execute(select(preferences.c.id).where(where)).first():
+            conn.execute(preferences.update().where(where).values(value=value))
+        else:
+            conn.execute(preferences.insert().values(user=user, name=name, value=value))
