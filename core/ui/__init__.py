@@ -1,0 +1,32 @@
+"""Streamlit widgets the pages share. The only part of core that imports streamlit."""
+
+from core.ui.chat import clean_prompt, send, show_message
+from core.ui.errors import error_sentence, show_config_error, show_error
+from core.ui.pickers import Choice, cached_models, model_picker, params_picker
+from core.ui.session import (
+    add_session_endpoint,
+    current_user,
+    endpoints,
+    language_switch,
+    remove_session_endpoint,
+    setup_language,
+)
+
+__all__ = [
+    "Choice",
+    "add_session_endpoint",
+    "cached_models",
+    "clean_prompt",
+    "current_user",
+    "endpoints",
+    "error_sentence",
+    "language_switch",
+    "model_picker",
+    "params_picker",
+    "remove_session_endpoint",
+    "send",
+    "setup_language",
+    "show_config_error",
+    "show_error",
+    "show_message",
+]

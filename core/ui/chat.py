@@ -1,0 +1,91 @@
+"""The chat view: messages on screen, sending one, and what a reply cost."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import streamlit as st
+
+from core.i18n import t
+from core.metering import Call
+from core.providers import Message, Params
+from core.ui.errors import show_error
+from core.ui.pickers import Choice, remember
+from core.ui.stream import stream_into
+
+MAX_MESSAGE_CHARS = 500_000
+# C0 controls other than tab and newlines break JSON bodies, logs and PostgreSQL text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_prompt(text: str | None) -> str | None:
+    """The message to send, or None when there is nothing to send."""
+    if text is None:
+        return None
+    text = _CONTROL.sub("", text)
+    return text if text.strip() else None
+
+
+def show_message(message: dict[str, Any]) -> None:
+    """One message as the user saw it, including a stopped or failed reply."""
+    with st.chat_message(message["role"]):
+        if message.get("reasoning"):
+            with st.expander(t("chat.thought"), icon=":material/psychology:"):
+                st.markdown(message["reasoning"])
+        if message["content"]:
+            st.markdown(message["content"])
+        show_outcome(message)
+
+
+def show_outcome(message: dict[str, Any]) -> None:
+    """Below a reply: stopped / error notes and the meta line (tokens, speed, cost)."""
+    if message.get("status") == "stopped":
+        st.caption("⏹ " + t("chat.stopped"))
+    if message.get("error") is not None:
+        show_error(message["error"])
+    if message.get("meta"):
+        st.caption(message["meta"])
+
+
+def meta_line(call: Call) -> str:
+    """Model, tokens, time to first token, speed and cost of one reply."""
+    usage, reply = call.usage, call.reply
+    parts = [call.model]
+    tokens = t("meta.tokens", input=usage.input_tokens, output=usage.output_tokens)
+    parts.append(tokens + (" " + t("meta.estimated") if usage.estimated else ""))
+    if reply.ttft is not None:
+        parts.append(t("meta.ttft", s=f"{reply.ttft:.2f}"))
+    if reply.output_tokens_per_s:
+        parts.append(t("meta.speed", v=f"{reply.output_tokens_per_s:.1f}"))
+    parts.append(t("meta.cost_unknown") if call.cost is None else f"${call.cost:.6f}")
+    return " · ".join(parts)
+
+
+def send(
+    prompt: str,
+    choice: Choice,
+    params: Params,
+    history: list[dict[str, Any]],
+    *,
+    user: str,
+    system: str = "",
+) -> None:
+    """Send a prompt with the history before it; stream, meter and keep the reply."""
+    if len(prompt) > MAX_MESSAGE_CHARS:
+        st.warning(t("chat.too_long", n=f"{len(prompt):,}", limit=f"{MAX_MESSAGE_CHARS:,}"))
+        return
+    remember(user, choice)
+    history.append({"role": "user", "content": prompt})
+    show_message(history[-1])
+    messages = [Message("system", system)] if system.strip() else []
+    messages += [Message(m["role"], m["content"]) for m in history if m["content"]]
+    reply: dict[str, Any] = {"role": "assistant", "content": "", "model": choice.model}
+    history.append(reply)  # kept even if the run is stopped mid-stream
+    call = Call(choice.endpoint, choice.model, messages, params, user=user, source="chat")
+    with st.chat_message("assistant"):
+        stream_into(call, reply)
+        if call.error is not None:
+            reply["error"] = call.error
+        reply["meta"] = meta_line(call)
+        show_outcome(reply)

@@ -1,0 +1,28 @@
+"""How failures look: one sentence that says what to do, the server's words beneath it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.config import ConfigError
+from core.i18n import t
+from core.providers import ProviderError
+
+
+def error_sentence(err: ProviderError) -> str:
+    """The user's-language sentence for a provider error."""
+    return t(err.hint, **err.context)
+
+
+def show_error(err: ProviderError, target: st.delta_generator.DeltaGenerator | None = None) -> None:
+    """An error banner: what to do, and what the server said."""
+    where = target or st
+    body = error_sentence(err)
+    if err.detail:
+        body += "\n\n" + t("error.server_said", detail=err.detail[:500])
+    where.error(body, icon=":material/error:")
+
+
+def show_config_error(err: ConfigError) -> None:
+    """A configuration problem, in the user's language."""
+    st.warning(t(err.key, **err.context), icon=":material/settings_alert:")

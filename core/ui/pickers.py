@@ -1,0 +1,106 @@
+"""Choosing where to send a prompt: endpoint and model, remembered per user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from core import store
+from core.config import Endpoint
+from core.i18n import t
+from core.providers import Params, ProviderError, provider_for
+from core.ui.errors import show_error
+
+LAST_MODEL = "last_model"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An endpoint and one of its models."""
+
+    endpoint: Endpoint
+    model: str
+
+
+def cached_models(endpoint: Endpoint, *, refresh: bool = False) -> list[str]:
+    """The endpoint's models, asked once per session (the list rarely changes mid-chat)."""
+    cache: dict[Endpoint, list[str] | ProviderError] = st.session_state.setdefault(
+        "_models", {}
+    )
+    if refresh or endpoint not in cache:
+        try:
+            cache[endpoint] = provider_for(endpoint).models()
+        except ProviderError as err:
+            cache[endpoint] = err
+    found = cache[endpoint]
+    if isinstance(found, ProviderError):
+        raise found
+    return found
+
+
+def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> Choice | None:
+    """Endpoint and model selectors in the sidebar; None until both are chosen.
+
+    With exactly one model available it is chosen without asking; otherwise the last model
+    the user sent a message to is chosen again.
+    """
+    sidebar = st.sidebar
+    if not endpoints:
+        return None
+    last = store.get_preference(user, LAST_MODEL) or {}
+    names = [e.name for e in endpoints]
+    start = names.index(last["endpoint"]) if last.get("endpoint") in names else 0
+    name = sidebar.selectbox(t("picker.endpoint"), names, index=start, key=f"{key}_endpoint")
+    endpoint = endpoints[names.index(name)]
+
+    refresh = sidebar.button(t("picker.refresh"), key=f"{key}_refresh", type="tertiary",
+                             icon=":material/refresh:")
+    try:
+        models = cached_models(endpoint, refresh=refresh)
+    except ProviderError as err:
+        show_error(err, sidebar)
+        models = []
+    index: int | None = None
+    if len(models) == 1 and len(endpoints) == 1:
+        index = 0
+    elif last.get("endpoint") == endpoint.name and last.get("model") in models:
+        index = models.index(last["model"])
+    model = sidebar.selectbox(
+        t("picker.model"),
+        models,
+        index=index,
+        key=f"{key}_model_{endpoint.name}",
+        placeholder=t("picker.model_placeholder"),
+        accept_new_options=True,  # a deployment or model the server does not list
+        help=t("picker.model_help"),
+    )
+    return Choice(endpoint, model.strip()) if model and model.strip() else None
+
+
+def remember(user: str, choice: Choice) -> None:
+    """Remember the model a message was sent to."""
+    value = {"endpoint": choice.endpoint.name, "model": choice.model}
+    if store.get_preference(user, LAST_MODEL) != value:
+        store.set_preference(user, LAST_MODEL, value)
+
+
+def params_picker(*, key: str = "chat") -> Params:
+    """Sampling settings in a sidebar expander; untouched means "server default"."""
+    with st.sidebar.expander(t("params.title"), icon=":material/tune:"):
+        custom = st.toggle(t("params.custom"), key=f"{key}_custom_params")
+        temperature = st.slider(t("params.temperature"), 0.0, 2.0, 0.7, 0.05,
+                                key=f"{key}_temperature", disabled=not custom)
+        top_p = st.slider(t("params.top_p"), 0.0, 1.0, 1.0, 0.01, key=f"{key}_top_p",
+                          disabled=not custom)
+        max_tokens = st.number_input(t("params.max_tokens"), min_value=0, max_value=1_000_000,
+                                     value=0, step=256, key=f"{key}_max_tokens",
+                                     help=t("params.max_tokens_help"))
+        seed = st.number_input(t("params.seed"), min_value=0, value=None, step=1,
+                               key=f"{key}_seed", help=t("params.seed_help"))
+    return Params(
+        temperature=temperature if custom else None,
+        top_p=top_p if custom else None,
+        max_tokens=int(max_tokens) or None,
+        seed=None if seed is None else int(seed),
+    )

@@ -1,0 +1,80 @@
+"""Who is using the app, in which language, and which endpoints their session can reach."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from core.config import ConfigError, Endpoint, load_endpoints, local_ollama, read_env
+from core.i18n import LANGUAGES, language_from_locale, set_language, t
+
+SESSION_ENDPOINTS = "session_endpoints"
+
+
+def current_user() -> str:
+    """The signed-in user's email on a shared deployment, else "local"."""
+    try:
+        if st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("sub") or "local")
+    except Exception:  # noqa: BLE001 - no auth configured: a single local user
+        pass
+    return "local"
+
+
+def setup_language() -> str:
+    """Pick the UI language: the sidebar choice, else the browser's, and use it for t()."""
+    if "language" not in st.session_state:
+        st.session_state.language = language_from_locale(st.context.locale)
+    set_language(st.session_state.language)
+    return st.session_state.language
+
+
+def language_switch() -> None:
+    """The sidebar's language selector."""
+    st.sidebar.selectbox(
+        t("sidebar.language"),
+        options=list(LANGUAGES),
+        format_func=LANGUAGES.__getitem__,
+        key="language",
+    )
+
+
+def _secrets() -> dict[str, Any]:
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # noqa: BLE001 - no secrets.toml is a normal laptop setup
+        return {}
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _default_ollama() -> Endpoint | None:
+    return local_ollama()
+
+
+def endpoints() -> tuple[list[Endpoint], list[ConfigError]]:
+    """Configured endpoints, then the session's own, then an Ollama found at the default host."""
+    env = read_env()
+    found, problems = load_endpoints(env, _secrets())
+    names = {e.name for e in found}
+    for endpoint in st.session_state.get(SESSION_ENDPOINTS, []):
+        if endpoint.name not in names:
+            found.append(endpoint)
+            names.add(endpoint.name)
+    if not any(e.kind == "ollama" for e in found) and not env.get("OLLAMA_HOST"):
+        auto = _default_ollama()
+        if auto is not None:
+            found.append(auto)
+    return found, problems
+
+
+def add_session_endpoint(endpoint: Endpoint) -> None:
+    """Keep an endpoint (and its key) in this session's memory only."""
+    kept = [e for e in st.session_state.get(SESSION_ENDPOINTS, []) if e.name != endpoint.name]
+    st.session_state[SESSION_ENDPOINTS] = [*kept, endpoint]
+
+
+def remove_session_endpoint(name: str) -> None:
+    """Forget a session endpoint and its key."""
+    kept = [e for e in st.session_state.get(SESSION_ENDPOINTS, []) if e.name != name]
+    st.session_state[SESSION_ENDPOINTS] = kept

@@ -1,0 +1,39 @@
+"""Chat with the chosen model."""
+
+import streamlit as st
+
+from core import ui
+from core.i18n import t
+
+user = ui.current_user()
+endpoints, problems = ui.endpoints()
+choice = ui.model_picker(endpoints, user)
+params = ui.params_picker()
+system = st.sidebar.text_area(t("chat.system"), key="chat_system",
+                              placeholder=t("chat.system_hint"))
+if st.sidebar.button(t("chat.new"), icon=":material/add_comment:", use_container_width=True):
+    st.session_state.history = []
+
+history: list = st.session_state.setdefault("history", [])
+
+st.title(t("chat.title"))
+for problem in problems:
+    ui.show_config_error(problem)
+if not endpoints:
+    st.info(t("connect.none"), icon=":material/power_off:")
+    st.page_link("pages/settings.py", label=t("connect.go_settings"), icon=":material/settings:")
+elif choice is None:
+    st.info(t("chat.choose_model"), icon=":material/arrow_back:")
+elif not history:
+    st.caption(t("chat.empty", model=choice.model, endpoint=choice.endpoint.name))
+
+for message in history:
+    ui.show_message(message)
+
+prompt = st.chat_input(t("chat.placeholder"), submit_mode="stop", disabled=choice is None)
+if prompt is not None:
+    text = ui.clean_prompt(prompt)
+    if text is None:
+        st.toast(t("chat.empty_not_sent"), icon=":material/edit_off:")
+    elif choice is not None:
+        ui.send(text, choice, params, history, user=user, system=system)
