@@ -1,0 +1,94 @@
+"""The two commands a newcomer needs: `python dev.py app` and `python dev.py test`.
+
+Each makes .venv (once), installs what the requirements files ask for (again only when a
+file changed), and for the tests makes sure a Chromium is there: Playwright's own where it can
+be downloaded, else the system's (Debian/Ubuntu package `chromium`, installed when root).
+Only the standard library is used here, so it runs on a fresh Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+SYSTEM_CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+APT_PACKAGES = ["chromium", "fonts-wqy-zenhei"]  # the browser, and CJK glyphs for screenshots
+
+
+def run(*cmd: str | Path, check: bool = True, **kwargs: object) -> int:
+    """Run a command, echoing it, from the repository root."""
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check, **kwargs).returncode
+
+
+def ensure_venv(requirements: str) -> None:
+    """Create .venv and install a requirements file unless it is already installed as is."""
+    if not PYTHON.exists():
+        run(sys.executable, "-m", "venv", VENV)
+        run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    files = [ROOT / requirements, ROOT / "requirements.txt"]
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    stamp = VENV / f".installed-{requirements}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-r", ROOT / requirements)
+    stamp.write_text(digest)
+
+
+def system_chromium() -> str | None:
+    """A Chromium installed by the system, if any."""
+    found = [p for p in SYSTEM_CHROMIUM if Path(p).exists()]
+    return found[0] if found else None
+
+
+def ensure_browser() -> None:
+    """Make a headless Chromium available to Playwright, or say how to get one."""
+    if system_chromium():
+        return
+    code = run(PYTHON, "-m", "playwright", "install", "chromium", check=False,
+               timeout=600, stdout=subprocess.DEVNULL)
+    if code == 0:
+        return
+    # No download (closed network): fall back to the distribution's package.
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run("apt-get", "update", "-qq", env=env)
+        run("apt-get", "install", "-y", "-qq", *APT_PACKAGES, env=env)
+    if not system_chromium():
+        sys.exit("No Chromium for the browser tests: run `python -m playwright install chromium`"
+                 " or install your system's chromium package, then try again.")
+
+
+def app(args: list[str]) -> int:
+    """Start OwnGPT in the browser."""
+    ensure_venv("requirements.txt")
+    return run(PYTHON, "-m", "streamlit", "run", "streamlit_app.py", *args, check=False)
+
+
+def test(args: list[str]) -> int:
+    """Lint, then the whole test suite: unit, AppTest and the browser tests."""
+    ensure_venv("requirements-dev.txt")
+    ensure_browser()
+    if run(PYTHON, "-m", "ruff", "check", ".", check=False):
+        return 1
+    return run(PYTHON, "-m", "pytest", *args, check=False)
+
+
+def main() -> int:
+    commands = {"app": app, "test": test}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print("usage: python dev.py app [streamlit options] | python dev.py test [pytest options]")
+        return 2
+    return commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
