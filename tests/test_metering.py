@@ -1,0 +1,105 @@
+"""Every call leaves exactly one row, whatever happens to it, and never the key."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from core import store
+from core.config import make_endpoint
+from core.metering import Call
+from core.pricing import Price, cost, set_user_price
+from core.providers import Message, Params, ProviderError, Usage
+from tests.conftest import API_KEY, call_rows
+
+HELLO = [Message("user", "Hello")]
+
+
+def endpoint(server, key=API_KEY):
+    return make_endpoint("Fake", "custom", base_url=server.url, api_key=key, source="env")
+
+
+def test_a_finished_call_logs_one_ok_row(db, openai_server):
+    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user="ana").run()
+    [row] = call_rows(db)
+    assert row["status"] == "ok" and row["user"] == "ana" and row["model"] == "gpt-4o-mini"
+    assert row["output_tokens"] == 12 and not row["estimated"]
+    assert row["cost_usd"] == 0  # a server on this machine is free unless priced
+    assert row["ttft_s"] > 0 and row["total_s"] >= row["ttft_s"]
+    assert call.row_id == row["id"]
+
+
+def test_a_failed_call_logs_one_error_row_with_its_kind(db, openai_server):
+    call = Call(endpoint(openai_server, "sk-wrong-0000000000"), "gpt-4o-mini", HELLO, user="ana")
+    with pytest.raises(ProviderError):
+        list(call)
+    [row] = call_rows(db)
+    assert (row["status"], row["error_kind"]) == ("error", "auth")
+    assert "sk-wrong-0000000000" not in (row["error_detail"] or "")
+
+
+def test_a_stream_dying_mid_answer_keeps_the_partial_in_the_log(db, openai_server):
+    call = Call(endpoint(openai_server), "fault-disconnect", HELLO, user="ana").run()
+    [row] = call_rows(db)
+    assert row["status"] == "error" and row["error_kind"] == "connection"
+    assert row["output_chars"] == len(call.text) > 0
+
+
+def test_a_consumer_that_stops_reading_logs_stopped(db, openai_server):
+    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user="ana")
+    stream = iter(call)
+    next(stream)
+    stream.close()  # what a dropped generator does
+    [row] = call_rows(db)
+    assert row["status"] == "stopped"
+
+
+def test_stop_from_another_thread_during_a_slow_first_token(db, openai_server):
+    call = Call(endpoint(openai_server), "fault-slow", HELLO, user="ana")
+    reader = threading.Thread(target=call.run)
+    reader.start()
+    threading.Timer(0.3, call.stop).start()
+    reader.join(timeout=10)
+    [row] = call_rows(db)
+    assert row["status"] == "stopped" and row["error_kind"] is None
+
+
+def test_no_usage_from_the_server_is_estimated_and_flagged(db, openai_server):
+    Call(endpoint(openai_server), "fault-no-usage", HELLO, user="ana").run()
+    [row] = call_rows(db)
+    assert row["estimated"] and row["output_tokens"] > 0
+
+
+def test_the_key_never_reaches_the_database(db, openai_server):
+    Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user="ana").run()
+    Call(endpoint(openai_server, "sk-wrong-0000000000"), "x", HELLO, user="ana").run()
+    with db.connect() as conn:
+        dump = "\n".join(str(tuple(r)) for t in store.metadata.sorted_tables
+                         for r in conn.execute(select(t)))
+    assert API_KEY not in dump and "sk-wrong-0000000000" not in dump
+
+
+def test_ollama_calls_are_logged_too(db, ollama_server):
+    ollama = make_endpoint("Ollama", "ollama", base_url=ollama_server.url)
+    Call(ollama, "llama3.2:1b", HELLO, Params(), user="bo").run()
+    Call(ollama, "mistral:7b", HELLO, Params(), user="bo").run()
+    rows = call_rows(db)
+    assert [(r["status"], r["error_kind"], r["provider"]) for r in rows] == [
+        ("ok", None, "ollama"), ("error", "model_not_found", "ollama")]
+
+
+def test_prices_user_override_then_catalog_then_unknown(db):
+    usage = Usage(input_tokens=1_000, cached_input_tokens=200, output_tokens=500)
+    now = datetime.now(UTC)
+    openai = make_endpoint("OpenAI", "openai", api_key="sk-x" * 4)
+    assert cost(openai, "gpt-4o-mini", usage, now, user="ana") == Decimal("0.000435")
+    assert cost(openai, "no-such-model", usage, now, user="ana") is None  # unknown, not 0
+    set_user_price("ana", "*", "no-such-model", Price(Decimal(1), Decimal(2)))
+    assert cost(openai, "no-such-model", usage, now, user="ana") == Decimal("0.002")
+    assert cost(openai, "no-such-model", usage, now, user="bo") is None  # prices are per user
+    local = make_endpoint("vLLM", "custom", base_url="http://127.0.0.1:8000")
+    assert cost(local, "gpt-4o-mini", usage, now, user="ana") == 0
