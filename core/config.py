@@ -120,10 +120,10 @@ def normalize_base_url(url: str, kind: Kind = "openai") -> str:
 
 
 def preset_for_url(url: str) -> Preset:
-    """The preset whose host the URL points at, else custom."""
+    """The OpenAI-protocol vendor whose host the URL points at, else custom."""
     host = urlparse(url).hostname or ""
     for preset in PRESETS.values():
-        if preset.base_url and urlparse(preset.base_url).hostname == host:
+        if preset.kind == "openai" and urlparse(preset.base_url).hostname == host:
             return preset
     return PRESETS["custom"]
 

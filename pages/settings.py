@@ -46,7 +46,8 @@ for endpoint in endpoints:
                 ui.show_error(err)
             else:
                 ms = (time.perf_counter() - began) * 1000
-                st.success(t("settings.test_ok", n=len(models), ms=f"{ms:.0f}"), icon=":material/check_circle:")
+                st.success(t("settings.test_ok", n=len(models), ms=f"{ms:.0f}"),
+                           icon=":material/check_circle:")
                 if models:
                     st.caption(", ".join(models[:50]))
         if endpoint.source == "session" and right.button(
@@ -106,7 +107,8 @@ if added:
             st.warning(t("settings.added_but", name=endpoint.name), icon=":material/warning:")
             ui.show_error(err)
         else:
-            st.success(t("settings.added", name=endpoint.name, n=len(found)), icon=":material/check_circle:")
+            st.success(t("settings.added", name=endpoint.name, n=len(found)),
+                       icon=":material/check_circle:")
 
 st.subheader(t("settings.permanent"))
 st.markdown(t("settings.permanent_help"))

@@ -79,3 +79,9 @@ def test_real_environment_wins_over_dotenv(tmp_path, monkeypatch):
     env = read_env(dotenv)
     assert env["OPENAI_API_KEY"] == "from-environment"
     assert env["OLLAMA_HOST"] == "from-dotenv:1"
+
+
+def test_a_local_openai_compatible_server_is_not_taken_for_ollama():
+    found, _ = load_endpoints({"OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}, {})
+    assert [(e.name, e.kind, e.preset) for e in found] == [
+        ("OpenAI-compatible", "openai", "custom")]
