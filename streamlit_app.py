@@ -1,4 +1,8 @@
-"""OwnGPT: chat with, compare and account for the models you choose."""
+"""OwnGPT: chat with, compare and account for the models you choose.
+
+Page scripts live in app_pages/, not pages/: Streamlit still serves a pages/ folder as
+old-style pages, so a first visit straight to /settings would skip this entry script.
+"""
 
 import streamlit as st
 
@@ -9,9 +13,9 @@ st.set_page_config(page_title="OwnGPT", page_icon="💬", layout="wide")
 ui.setup_language()
 
 pages = [
-    st.Page("pages/chat.py", title=t("nav.chat"), icon=":material/chat:", url_path="chat",
+    st.Page("app_pages/chat.py", title=t("nav.chat"), icon=":material/chat:", url_path="chat",
             default=True),
-    st.Page("pages/settings.py", title=t("nav.settings"), icon=":material/settings:",
+    st.Page("app_pages/settings.py", title=t("nav.settings"), icon=":material/settings:",
             url_path="settings"),
 ]
 page = st.navigation(pages)

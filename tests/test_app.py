@@ -131,7 +131,7 @@ def test_unknown_model_and_server_death_keep_the_conversation(db, openai_server)
 
 def test_settings_lists_endpoints_masks_keys_and_tests_them(db, fake_openai):
     at = app().run()
-    at.switch_page("pages/settings.py").run()
+    at.switch_page("app_pages/settings.py").run()
     assert not at.exception
     table = at.dataframe[0].value
     assert API_KEY not in table.to_string() and "sk-…cdef" in table.to_string()
@@ -141,7 +141,7 @@ def test_settings_lists_endpoints_masks_keys_and_tests_them(db, fake_openai):
 
 def test_settings_adds_a_session_endpoint_and_refuses_a_bad_url(db, openai_server):
     at = app().run()
-    at.switch_page("pages/settings.py").run()
+    at.switch_page("app_pages/settings.py").run()
     form = at.text_input
     form[1].set_value("not a url")
     at.form_submit_button[-1].click().run()
@@ -151,6 +151,6 @@ def test_settings_adds_a_session_endpoint_and_refuses_a_bad_url(db, openai_serve
     at.text_input[2].set_value(API_KEY)
     at.form_submit_button[-1].click().run()
     assert "Added “Local fake”" in at.success[0].value
-    at.switch_page("pages/chat.py").run()
+    at.switch_page("app_pages/chat.py").run()
     assert at.sidebar.selectbox(key="chat_endpoint").value == "Local fake"
     assert API_KEY not in screen_text(at)

@@ -12,7 +12,7 @@ KEY_USE = re.compile(r"""(?:\bt\(|hint=|ConfigError\()\s*["']([a-z_]+\.[a-z_.]+)
 
 
 def used_keys() -> set[str]:
-    files = [*ROOT.glob("core/**/*.py"), *ROOT.glob("pages/*.py"), ROOT / "streamlit_app.py"]
+    files = [*ROOT.glob("core/**/*.py"), *ROOT.glob("app_pages/*.py"), ROOT / "streamlit_app.py"]
     return {k for f in files for k in KEY_USE.findall(f.read_text(encoding="utf-8"))}
 
 

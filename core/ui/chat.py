@@ -87,5 +87,6 @@ def send(
         stream_into(call, reply)
         if call.error is not None:
             reply["error"] = call.error
-        reply["meta"] = meta_line(call)
+        if call.text:  # a call that failed before any answer has no numbers worth a line
+            reply["meta"] = meta_line(call)
         show_outcome(reply)

@@ -8,17 +8,21 @@ token. The worker never calls st.*.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.i18n import t
 from core.metering import Call
 from core.providers import Delta, ProviderError
 
+log = logging.getLogger(__name__)
 FRAME_S = 0.05
 _END = object()
 
@@ -30,6 +34,8 @@ def stream_into(call: Call, message: dict[str, Any]) -> None:
     a stop (which ends this script run at the next st.* call) still leaves the partial answer.
     """
     events: queue.Queue[object] = queue.Queue()
+    ctx = get_script_run_ctx()
+    session_id = ctx.session_id if ctx else None
 
     def read() -> None:
         try:
@@ -68,10 +74,35 @@ def stream_into(call: Call, message: dict[str, Any]) -> None:
                     answer.markdown(reply.text + ("" if ended else " ▌"))
                     drawn, last_draw = len(reply.text), now
     finally:
-        if not ended:  # Stop, or the page went away: end the stream and keep what came
-            call.stop()
         message["content"], message["reasoning"] = call.reply.text, call.reply.reasoning
         message["status"] = "stopped" if not ended else call.status
+        if not ended:  # Stop, or the page went away: end the stream and keep what came
+            call.stop()
+            _redraw_after_stop(session_id)
+
+
+def _redraw_after_stop(session_id: str | None) -> None:
+    """Rerun the page once the stopped run is over, so it shows the kept partial answer.
+
+    A Stop ends the script where it is and nothing redraws the screen: it would keep the
+    streaming cursor. Streamlit has no public call for this; the session's own rerun request
+    is scheduled on the server's event loop, and where that is unavailable (AppTest) the
+    next interaction redraws instead.
+    """
+    if session_id is None or not Runtime.exists():
+        return
+
+    def rerun() -> None:
+        try:
+            runtime = Runtime.instance()
+            info = runtime._session_mgr.get_active_session_info(session_id)
+            if info is not None:
+                runtime._get_async_objs().eventloop.call_soon_threadsafe(
+                    info.session.request_rerun, None)
+        except Exception:  # the next interaction redraws anyway
+            log.debug("could not redraw after stop", exc_info=True)
+
+    threading.Timer(0.3, rerun).start()
 
 
 def _draw_reasoning(slot: Any, reasoning: str, *, done: bool) -> None:

@@ -21,7 +21,8 @@ for problem in problems:
     ui.show_config_error(problem)
 if not endpoints:
     st.info(t("connect.none"), icon=":material/power_off:")
-    st.page_link("pages/settings.py", label=t("connect.go_settings"), icon=":material/settings:")
+    st.page_link("app_pages/settings.py", label=t("connect.go_settings"),
+                 icon=":material/settings:")
 elif choice is None:
     st.info(t("chat.choose_model"), icon=":material/arrow_back:")
 elif not history:
