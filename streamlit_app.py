@@ -12,11 +12,22 @@ from core.i18n import t
 st.set_page_config(page_title="OwnGPT", page_icon="💬", layout="wide")
 ui.setup_language()
 
+# The default page is served at / only; it reserves a pathname all the same, so it gets one
+# nobody types, and /chat is a hidden page that switches to it.
+chat = st.Page("app_pages/chat.py", title=t("nav.chat"), icon=":material/chat:", default=True,
+               url_path="home")
+
+
+def chat_alias() -> None:
+    """Open the chat page from its bookmarkable address, /chat."""
+    st.switch_page(chat)
+
+
 pages = [
-    st.Page("app_pages/chat.py", title=t("nav.chat"), icon=":material/chat:", url_path="chat",
-            default=True),
+    chat,
     st.Page("app_pages/settings.py", title=t("nav.settings"), icon=":material/settings:",
             url_path="settings"),
+    st.Page(chat_alias, title=t("nav.chat"), url_path="chat", visibility="hidden"),
 ]
 page = st.navigation(pages)
 ui.language_switch()

@@ -57,10 +57,12 @@ for endpoint in endpoints:
             st.rerun()
         provider = provider_for(endpoint)
         if isinstance(provider, OllamaProvider):
-            with st.form(f"pull_{endpoint.name}", border=False):
+            with st.form(f"pull_form_{endpoint.name}", border=False):
                 name = st.text_input(t("settings.pull_model"), placeholder="llama3.2:1b",
-                                     help=t("settings.pull_help"))
-                pull = st.form_submit_button(t("settings.pull"), icon=":material/download:")
+                                     help=t("settings.pull_help"),
+                                     key=f"pull_name_{endpoint.name}")
+                pull = st.form_submit_button(t("settings.pull"), icon=":material/download:",
+                                             key=f"pull_{endpoint.name}")
             if pull and name.strip():
                 bar = st.progress(0.0, text=t("settings.pull_start", model=name.strip()))
                 try:

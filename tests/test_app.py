@@ -59,7 +59,7 @@ def test_a_message_streams_and_is_logged(db, fake_openai):
     user, assistant = at.chat_message
     assert user.markdown[0].value == "Hello AppTest"
     assert assistant.markdown[0].value.startswith("Echo: Hello AppTest")
-    assert "gpt-4o-mini" in assistant.caption[0].value and "$0.000000" in assistant.caption[0].value
+    assert "gpt-4o-mini" in assistant.caption[0].value and "free" in assistant.caption[0].value
     [row] = call_rows(db)
     assert (row["status"], row["source"], row["model"]) == ("ok", "chat", "gpt-4o-mini")
 
@@ -154,3 +154,37 @@ def test_settings_adds_a_session_endpoint_and_refuses_a_bad_url(db, openai_serve
     at.switch_page("app_pages/chat.py").run()
     assert at.sidebar.selectbox(key="chat_endpoint").value == "Local fake"
     assert API_KEY not in screen_text(at)
+
+
+def test_a_single_model_is_chosen_without_asking(db, openai_server):
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Solo", "base_url": openai_server.url,
+                                "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
+    at.run()
+    assert at.sidebar.selectbox(key="chat_model_Solo").value == "gpt-4o-mini"
+    at.chat_input[0].set_value("straight away").run()
+    assert at.chat_message[1].markdown[0].value.startswith("Echo: straight away")
+
+
+def test_a_server_that_is_down_says_so(db):
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Down", "base_url": "http://127.0.0.1:9/v1",
+                                "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
+    at.run()
+    at.chat_input[0].set_value("anyone there?").run()
+    assert not at.exception
+    assert "Cannot reach http://127.0.0.1:9/v1" in at.error[0].value
+    [row] = call_rows(db)
+    assert (row["status"], row["error_kind"]) == ("error", "connection")
+
+
+def test_settings_pulls_an_ollama_model_with_progress(db, monkeypatch, ollama_server):
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    at = app().run()
+    at.switch_page("app_pages/settings.py").run()
+    at.text_input(key="pull_name_Ollama").set_value("gemma3:1b")
+    at.form_submit_button(key="pull_Ollama").click().run()
+    assert not at.exception
+    assert "gemma3:1b" in at.get("progress")[0].proto.text
+    at.switch_page("app_pages/chat.py").run()
+    assert "gemma3:1b" in at.sidebar.selectbox(key="chat_model_Ollama").options

@@ -85,3 +85,11 @@ def test_a_local_openai_compatible_server_is_not_taken_for_ollama():
     found, _ = load_endpoints({"OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}, {})
     assert [(e.name, e.kind, e.preset) for e in found] == [
         ("OpenAI-compatible", "openai", "custom")]
+
+
+def test_an_ollama_at_the_default_host_is_found(ollama_server):
+    from core.config import local_ollama
+
+    found = local_ollama(ollama_server.url)
+    assert found is not None and (found.kind, found.source) == ("ollama", "auto")
+    assert local_ollama("http://127.0.0.1:9") is None

@@ -58,7 +58,10 @@ def meta_line(call: Call) -> str:
         parts.append(t("meta.ttft", s=f"{reply.ttft:.2f}"))
     if reply.output_tokens_per_s:
         parts.append(t("meta.speed", v=f"{reply.output_tokens_per_s:.1f}"))
-    parts.append(t("meta.cost_unknown") if call.cost is None else f"${call.cost:.6f}")
+    if call.cost is None:
+        parts.append(t("meta.cost_unknown"))
+    else:
+        parts.append(t("meta.free") if call.cost == 0 else f"${call.cost:.6f}")
     return " · ".join(parts)
 
 

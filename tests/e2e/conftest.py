@@ -1,0 +1,143 @@
+"""The app as a user meets it: `streamlit run` in a subprocess, a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import Engine
+
+from core import store
+from tests.conftest import API_KEY, CONFIG_VARS
+from tests.fakes import FakeOllamaServer, FakeOpenAIServer
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs"
+SYSTEM_CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+# The closed network here refuses Chromium's background calls; these flags keep it quiet.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Playwright's Chromium where it was downloaded, else the system's."""
+    system = next((p for p in SYSTEM_CHROMIUM if Path(p).exists()), None)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=system, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class RunningApp:
+    """One `streamlit run` of OwnGPT with its own environment and database."""
+
+    url: str
+    db: Engine
+    process: subprocess.Popen
+
+    def open(self, browser: Browser, path: str = "", locale: str = "en-US") -> Page:
+        context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        page.goto(self.url + path)
+        expect(page.get_by_test_id("stApp")).to_have_attribute(
+            "data-test-script-state", "notRunning", timeout=30_000)
+        return page
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningApp]]:
+    """Start the app with the given environment; every app started is stopped at the end."""
+    started: list[RunningApp] = []
+
+    def start(**env: str) -> RunningApp:
+        folder = tmp_path_factory.mktemp("app")
+        port = _free_port()
+        db_url = f"sqlite:///{folder / 'owngpt.sqlite3'}"
+        clean = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+        clean.update(DATABASE_URL=db_url, OWNGPT_ENV_FILE=str(folder / "absent.env"), **env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--server.headless", "true", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=clean, stdout=subprocess.DEVNULL, stderr=(folder / "stderr").open("w"),
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/_stcore/health", timeout=1).text == "ok":
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            process.kill()
+            raise RuntimeError((folder / "stderr").read_text())
+        app = RunningApp(url, store.engine(db_url), process)
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        app.process.terminate()
+        app.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def e2e_openai() -> Iterator[FakeOpenAIServer]:
+    """Answers at a visible pace: 40 tokens at 80 tokens/s."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=40, rate=80, slow_first_token=20) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def e2e_ollama() -> Iterator[FakeOllamaServer]:
+    with FakeOllamaServer(tokens=20, rate=100) as server:
+        yield server
+
+
+def choose_model(page: Page, model: str) -> None:
+    """Pick (or type) a model in the sidebar's model box, as a user does."""
+    # Keyed widgets carry their key as a class: language-independent.
+    box = page.locator("[class*='st-key-chat_model_']").get_by_test_id("stSelectbox")
+    box.click()
+    page.keyboard.type(model)
+    page.keyboard.press("Enter")
+    expect(box.get_by_role("combobox")).to_have_value(model)
+
+
+def send(page: Page, text: str) -> None:
+    """Type a message in the chat box and press Enter."""
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.fill(text)
+    box.press("Enter")
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Keep a picture for the README (docs/), taken from the real app."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name))

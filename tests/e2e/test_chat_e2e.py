@@ -1,0 +1,122 @@
+"""Chat in a real browser: streaming, stop, errors and odd input, as a user sees them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import API_KEY, call_rows
+from tests.e2e.conftest import choose_model, screenshot, send
+
+
+@pytest.fixture(scope="module")
+def app(start_app, e2e_openai):
+    return start_app(OPENAI_BASE_URL=e2e_openai.url, OPENAI_API_KEY=API_KEY)
+
+
+def assistant(page):
+    return page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarAssistant")).last
+
+
+def wait_rows(app, n: int, timeout: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while (rows := call_rows(app.db)) and len(rows) < n or not rows:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return rows
+
+
+def test_a_message_streams_then_shows_its_numbers(app, browser):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "Hello from the browser")
+    reply = assistant(page)
+    expect(reply).to_contain_text("Echo: Hello from the browser")
+    # Still streaming: the cursor is there and the last filler words are not yet.
+    expect(reply).to_contain_text("▌")
+    expect(reply).to_contain_text("tokens/s", timeout=15_000)
+    expect(reply).not_to_contain_text("▌")
+    expect(reply).to_contain_text("first token")
+    screenshot(page, "chat.png")
+    rows = wait_rows(app, 1)
+    assert rows[-1]["status"] == "ok" and rows[-1]["output_tokens"] == 40
+
+
+def test_stop_keeps_the_message_and_the_partial_reply(app, browser):
+    page = app.open(browser)
+    choose_model(page, "fault-slow")  # the first token takes 20 s
+    before = len(call_rows(app.db))
+    send(page, "Please stop me")
+    expect(page.get_by_text("Waiting for the first token")).to_be_visible()
+    page.get_by_test_id("stChatInputStopButton").click()
+    expect(page.get_by_text("Stopped. The partial answer is kept.")).to_be_visible(timeout=5_000)
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Please stop me")
+    rows = wait_rows(app, before + 1, timeout=30)
+    assert rows[-1]["status"] == "stopped"
+
+
+def test_html_in_an_answer_is_shown_as_text_never_run(app, browser):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, 'Say <script>window.pwned=1</script><img src=x onerror="window.pwned=2"> ok')
+    expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("[data-testid=stChatMessage] script").count() == 0
+    assert page.locator("[data-testid=stChatMessage] img[src=x]").count() == 0
+
+
+def test_empty_and_huge_messages(app, browser, e2e_openai):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    before = len(call_rows(app.db))
+    send(page, "   ")
+    expect(page.get_by_text("The message is empty, so nothing was sent.")).to_be_visible()
+    assert page.get_by_test_id("stChatMessage").count() == 0
+    huge = "x" * 200_000
+    e2e_openai.rate = 0  # the echo is 12,500 tokens: as fast as it goes
+    try:
+        send(page, huge)
+        reply = assistant(page)
+        expect(reply.get_by_text("tokens/s")).to_be_visible(timeout=60_000)
+    finally:
+        e2e_openai.rate = 80
+    rows = wait_rows(app, before + 1)
+    assert len(rows) == before + 1 and rows[-1]["status"] == "ok"
+    assert rows[-1]["input_tokens"] >= 50_000
+
+
+def test_a_server_dying_mid_answer_keeps_the_partial_answer(app, browser):
+    page = app.open(browser)
+    choose_model(page, "fault-disconnect")
+    send(page, "Tell me a long story")
+    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible(
+        timeout=15_000)
+    expect(assistant(page)).to_contain_text("Echo: Tell me a long story")
+    assert call_rows(app.db)[-1]["status"] == "error"
+
+
+def test_a_wrong_key_shows_the_sentence_and_never_the_key(start_app, e2e_openai, browser):
+    wrong = "sk-wrong-e2e-key-1234567890"
+    app = start_app(OPENAI_BASE_URL=e2e_openai.url, OPENAI_API_KEY=wrong)
+    page = app.open(browser)
+    expect(page.get_by_text("The API key was refused").first).to_be_visible()
+    choose_model(page, "gpt-4o-mini")  # typed: the server would not list its models
+    send(page, "hello?")
+    expect(page.get_by_role("main").get_by_text("The API key was refused")).to_be_visible()
+    assert wrong not in page.content()
+    assert call_rows(app.db)[-1]["error_kind"] == "auth"
+
+
+def test_chinese_browser_gets_chinese_and_pages_keep_their_addresses(app, browser):
+    page = app.open(browser, "/settings", locale="zh-CN")
+    expect(page.get_by_role("heading", name="设置")).to_be_visible()
+    page = app.open(browser, "/chat", locale="zh-CN")
+    expect(page.get_by_role("heading", name="对话")).to_be_visible()
+    choose_model(page, "gpt-4o-mini")
+    send(page, "你好，介绍一下你自己")
+    expect(assistant(page)).to_contain_text("tokens/秒", timeout=15_000)
+    screenshot(page, "chat-zh.png")
