@@ -10,6 +10,11 @@ from core.i18n import t
 from core.providers import OllamaProvider, ProviderError, provider_for
 
 endpoints, problems = ui.endpoints()
+# After an endpoint is added the page reruns: the list shows it, and the typed key is wiped
+# from the form (it lives on only inside the session's endpoint).
+added_result = st.session_state.pop("settings_added", None)
+if st.session_state.pop("settings_clear_key", False):
+    st.session_state["add_api_key"] = ""
 
 st.title(t("settings.title"))
 for problem in problems:
@@ -89,7 +94,8 @@ with st.form("add_endpoint", clear_on_submit=False):
         help=t("settings.base_url_help"),
     )
     api_key = "" if preset.kind == "ollama" else st.text_input(
-        t("settings.api_key"), type="password", help=t("settings.api_key_help")
+        t("settings.api_key"), type="password", help=t("settings.api_key_help"),
+        key="add_api_key",
     )
     api_version = st.text_input(t("settings.api_version"), value="2024-10-21") \
         if preset.kind == "azure" else None
@@ -104,13 +110,19 @@ if added:
     else:
         ui.add_session_endpoint(endpoint)
         try:
-            found = ui.cached_models(endpoint, refresh=True)
+            found: int | ProviderError = len(ui.cached_models(endpoint, refresh=True))
         except ProviderError as err:
-            st.warning(t("settings.added_but", name=endpoint.name), icon=":material/warning:")
-            ui.show_error(err)
-        else:
-            st.success(t("settings.added", name=endpoint.name, n=len(found)),
-                       icon=":material/check_circle:")
+            found = err
+        st.session_state["settings_added"] = (endpoint.name, found)
+        st.session_state["settings_clear_key"] = True
+        st.rerun()
+if added_result is not None:
+    added_name, found = added_result
+    if isinstance(found, ProviderError):
+        st.warning(t("settings.added_but", name=added_name), icon=":material/warning:")
+        ui.show_error(found)
+    else:
+        st.success(t("settings.added", name=added_name, n=found), icon=":material/check_circle:")
 
 st.subheader(t("settings.permanent"))
 st.markdown(t("settings.permanent_help"))

@@ -49,6 +49,7 @@ def test_a_message_streams_then_shows_its_numbers(app, browser):
 def test_stop_keeps_the_message_and_the_partial_reply(app, browser):
     page = app.open(browser)
     choose_model(page, "fault-slow")  # the first token takes 20 s
+    expect(page.get_by_text("Ready: fault-slow")).to_be_visible()  # the rerun has drawn
     before = len(call_rows(app.db))
     send(page, "Please stop me")
     expect(page.get_by_text("Waiting for the first token")).to_be_visible()
