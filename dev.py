@@ -1,8 +1,8 @@
 """The two commands a newcomer needs: `python dev.py app` and `python dev.py test`.
 
 Each makes .venv (once), installs what the requirements files ask for (again only when a
-file changed), and for the tests makes sure a Chromium is there: Playwright's own where it can
-be downloaded, else the system's (Debian/Ubuntu package `chromium`, installed when root).
+file changed), and for the tests makes sure a Chromium is there: the system's if it has one
+(as root on Debian/Ubuntu the `chromium` package is installed), else Playwright's download.
 Only the standard library is used here, so it runs on a fresh Python.
 """
 
@@ -53,16 +53,20 @@ def ensure_browser() -> None:
     """Make a headless Chromium available to Playwright, or say how to get one."""
     if system_chromium():
         return
-    code = run(PYTHON, "-m", "playwright", "install", "chromium", check=False,
-               timeout=600, stdout=subprocess.DEVNULL)
-    if code == 0:
-        return
-    # No download (closed network): fall back to the distribution's package.
+    # As root on Debian/Ubuntu (CI, containers) the distribution's package is the sure way:
+    # Playwright's own download needs hosts a closed network does not reach.
     if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run("apt-get", "update", "-qq", env=env)
         run("apt-get", "install", "-y", "-qq", *APT_PACKAGES, env=env)
-    if not system_chromium():
+        if system_chromium():
+            return
+    try:
+        code = run(PYTHON, "-m", "playwright", "install", "chromium", check=False,
+                   timeout=300, stdout=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        code = 1
+    if code != 0:
         sys.exit("No Chromium for the browser tests: run `python -m playwright install chromium`"
                  " or install your system's chromium package, then try again.")
 
