@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict, TypeVar
 
 log = logging.getLogger("tests.fakes")
 
@@ -120,6 +120,11 @@ class ReplyPlan:
         """Full content text."""
         return "".join(self.content)
 
+    @property
+    def total(self) -> int:
+        """Number of tokens in the whole reply (thinking + content)."""
+        return len(self.thinking) + len(self.content)
+
     def sent(self, count: int) -> tuple[int, int]:
         """Split a number of sent tokens into (thinking, content) counts."""
         thinking = min(count, len(self.thinking))
@@ -137,7 +142,7 @@ def make_plan(
         finish = "length"
     plan = ReplyPlan(list(THINKING_TOKENS) if thinking else [], content, finish)
     if fault in ("disconnect", "stream-error"):
-        plan.cut = max(1, (len(plan.thinking) + len(plan.content)) // 2)
+        plan.cut = max(1, plan.total // 2)
     return plan
 
 
@@ -177,7 +182,7 @@ def emit_tokens(
     encode_content: Callable[[str], bytes],
 ) -> int:
     """Write thinking then content tokens as stream chunks; stop at plan.cut; return count sent."""
-    limit = plan.cut if plan.cut is not None else len(plan.thinking) + len(plan.content)
+    limit = plan.cut if plan.cut is not None else plan.total
     pairs: Iterable[tuple[Callable[[str], bytes], str]] = [
         *((encode_thinking, t) for t in plan.thinking),
         *((encode_content, t) for t in plan.content),
@@ -368,6 +373,16 @@ class _HTTPServer(ThreadingHTTPServer):
     fake: FakeServer
 
 
+class ServerSettings(TypedDict, total=False):
+    """Keyword arguments every fake server takes; the defaults are FakeServer.__init__'s."""
+
+    tokens: int
+    rate: float
+    slow_first_token: float
+    host: str
+    port: int
+
+
 class FakeServer:
     """Base class: settings, fault switch, recordings and start/stop of the HTTP server."""
 
@@ -467,9 +482,20 @@ class FakeServer:
         with self._lock:
             self._conns.discard(conn)
 
-    def pacer(self) -> Pacer:
-        """A pacer for one stream using the current rate."""
-        return Pacer(self.rate, self._stopping)
+    def pacer(self, fault: str | None = None) -> Pacer:
+        """A pacer for one reply at the current rate; the "slow" fault first waits its delay."""
+        pacer = Pacer(self.rate, self._stopping)
+        if fault == "slow":
+            pacer.sleep(self.slow_first_token)
+        return pacer
+
+    def simulate_generation(self, plan: ReplyPlan, fault: str | None) -> float:
+        """Non-streaming reply: take as long as streaming it would; return when it started."""
+        pacer = self.pacer(fault)
+        first = time.monotonic()
+        if self.rate > 0:
+            pacer.sleep(plan.total / self.rate)
+        return first
 
     def resolve_fault(self, model: str) -> str | None:
         """Fault for this request: a fault-* model name wins, else the `fault` attribute."""
@@ -524,8 +550,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no access log")
 
 
-def apply_common_args(server: FakeServer, args: argparse.Namespace) -> FakeServer:
-    """Copy the runtime-only CLI options onto a server."""
+S = TypeVar("S", bound=FakeServer)
+
+
+def server_from_args(cls: type[S], args: argparse.Namespace, port: int, **extra: Any) -> S:
+    """Build a fake from the common CLI options; `extra` are the server's own arguments."""
+    server = cls(
+        tokens=args.tokens,
+        rate=args.rate,
+        slow_first_token=args.slow_first_token,
+        host=args.host,
+        port=port,
+        **extra,
+    )
     server.fault = args.fault
     server.verbose = not args.quiet
     return server
@@ -547,3 +584,20 @@ def block_until_interrupted(servers: list[FakeServer]) -> None:
     finally:
         for server in servers:
             server.stop()
+
+
+def run_standalone(
+    prog: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    from_args: Callable[[argparse.Namespace, int], S],
+    banner: Callable[[S], list[str]],
+    argv: list[str] | None,
+) -> None:
+    """main() of one fake alone: parse the CLI, start, print the banner, run until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_args(parser)
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    server = from_args(args, args.port).start()
+    print("\n".join(banner(server)), flush=True)
+    block_until_interrupted([server])

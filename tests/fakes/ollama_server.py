@@ -6,22 +6,22 @@ import argparse
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 from tests.fakes.common import (
     COMMON_FAULTS,
     FakeHandler,
     FakeServer,
     ReplyPlan,
-    add_common_args,
-    apply_common_args,
-    block_until_interrupted,
+    ServerSettings,
     dumps,
     emit_tokens,
     estimate_prompt_tokens,
     jstr,
     make_plan,
     rfc3339,
+    run_standalone,
+    server_from_args,
 )
 
 VERSION = "0.12.0"
@@ -100,17 +100,8 @@ class FakeOllamaServer(FakeServer):
 
     FAULTS: ClassVar[tuple[str, ...]] = OLLAMA_FAULTS
 
-    def __init__(
-        self,
-        tokens: int = 12,
-        rate: float = 0.0,
-        slow_first_token: float = 3.0,
-        host: str = "127.0.0.1",
-        port: int = 0,
-    ) -> None:
-        super().__init__(
-            tokens=tokens, rate=rate, slow_first_token=slow_first_token, host=host, port=port
-        )
+    def __init__(self, **settings: Unpack[ServerSettings]) -> None:
+        super().__init__(**settings)
         self.models: dict[str, OllamaModel] = {m.name: m for m in BUILTIN_MODELS}
         for name in self.fault_models():
             full = normalize(name)
@@ -338,21 +329,10 @@ class FakeOllamaServer(FakeServer):
         }
 
     def _complete(
-        self,
-        handler: FakeHandler,
-        name: str,
-        plan: ReplyPlan,
-        fault: str | None,
-        prompt_count: int,
+        self, handler: FakeHandler, name: str, plan: ReplyPlan, fault: str | None, prompt_count: int
     ) -> None:
         """Non-streaming chat: one JSON object."""
-        pacer = self.pacer()
-        if fault == "slow":
-            pacer.sleep(self.slow_first_token)
-        first = time.monotonic()
-        count = len(plan.thinking) + len(plan.content)
-        if self.rate > 0:
-            pacer.sleep(count / self.rate)
+        first = self.simulate_generation(plan, fault)
         if fault == "stream-error":
             handler.send_json(500, {"error": ERROR_STREAM})
             return
@@ -365,25 +345,18 @@ class FakeOllamaServer(FakeServer):
             "message": message,
             "done_reason": plan.finish_reason,
             "done": True,
-            **self._counters(handler, first, time.monotonic(), prompt_count, count),
+            **self._counters(handler, first, time.monotonic(), prompt_count, plan.total),
         }
         data = dumps(obj)
         truncate = len(data) // 2 if fault == "disconnect" else None
         handler.send_bytes(200, data, "application/json; charset=utf-8", truncate=truncate)
 
     def _stream(
-        self,
-        handler: FakeHandler,
-        name: str,
-        plan: ReplyPlan,
-        fault: str | None,
-        prompt_count: int,
+        self, handler: FakeHandler, name: str, plan: ReplyPlan, fault: str | None, prompt_count: int
     ) -> None:
         """NDJSON stream: one line per token, then the done line with counters."""
-        pacer = self.pacer()
-        if fault == "slow":
-            # Ollama sends its headers with the first token, so the wait comes before them.
-            pacer.sleep(self.slow_first_token)
+        # Ollama sends its headers with the first token, so the "slow" wait comes before them.
+        pacer = self.pacer(fault)
         first = time.monotonic()
         pre = '{"model":' + jstr(name) + ',"created_at":"'
         content_mid = '","message":{"role":"assistant","content":'
@@ -425,15 +398,7 @@ def add_ollama_args(parser: argparse.ArgumentParser, flag: str = "--port") -> No
 
 def ollama_from_args(args: argparse.Namespace, port: int) -> FakeOllamaServer:
     """Build the Ollama fake from parsed CLI options."""
-    server = FakeOllamaServer(
-        tokens=args.tokens,
-        rate=args.rate,
-        slow_first_token=args.slow_first_token,
-        host=args.host,
-        port=port,
-    )
-    apply_common_args(server, args)
-    return server
+    return server_from_args(FakeOllamaServer, args, port)
 
 
 def ollama_banner(server: FakeOllamaServer) -> list[str]:
@@ -448,13 +413,8 @@ def ollama_banner(server: FakeOllamaServer) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the Ollama fake alone until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.ollama_server")
-    add_ollama_args(parser)
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    server = ollama_from_args(args, args.port).start()
-    print("\n".join(ollama_banner(server)), flush=True)
-    block_until_interrupted([server])
+    prog = "python -m tests.fakes.ollama_server"
+    run_standalone(prog, add_ollama_args, ollama_from_args, ollama_banner, argv)
 
 
 if __name__ == "__main__":

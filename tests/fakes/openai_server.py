@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 from urllib.parse import parse_qs, unquote
 
 from tests.fakes.common import (
@@ -14,14 +14,14 @@ from tests.fakes.common import (
     FakeHandler,
     FakeServer,
     ReplyPlan,
-    add_common_args,
-    apply_common_args,
-    block_until_interrupted,
+    ServerSettings,
     dumps,
     emit_tokens,
     estimate_prompt_tokens,
     jstr,
     make_plan,
+    run_standalone,
+    server_from_args,
     total_chars,
 )
 
@@ -124,18 +124,8 @@ class FakeOpenAIServer(FakeServer):
     FAULTS: ClassVar[tuple[str, ...]] = OPENAI_FAULTS
     URL_SUFFIX: ClassVar[str] = "/v1"
 
-    def __init__(
-        self,
-        api_key: str | None = "sk-test",
-        tokens: int = 12,
-        rate: float = 0.0,
-        slow_first_token: float = 3.0,
-        host: str = "127.0.0.1",
-        port: int = 0,
-    ) -> None:
-        super().__init__(
-            tokens=tokens, rate=rate, slow_first_token=slow_first_token, host=host, port=port
-        )
+    def __init__(self, api_key: str | None = "sk-test", **settings: Unpack[ServerSettings]) -> None:
+        super().__init__(**settings)
         self.api_key = api_key
 
     def model_ids(self) -> list[str]:
@@ -340,12 +330,7 @@ class FakeOpenAIServer(FakeServer):
     def _complete(self, handler: FakeHandler, reply: _Reply) -> None:
         """Non-streaming chat.completion."""
         plan, fault = reply.plan, reply.fault
-        pacer = self.pacer()
-        if fault == "slow":
-            pacer.sleep(self.slow_first_token)
-        if self.rate > 0:
-            # Generation takes as long as streaming would have.
-            pacer.sleep((len(plan.thinking) + len(plan.content)) / self.rate)
+        self.simulate_generation(plan, fault)
         if fault == "stream-error":
             self._send(handler, 500, error_body(SERVER_ERROR_MESSAGE, "server_error"))
             return
@@ -430,9 +415,7 @@ class FakeOpenAIServer(FakeServer):
                 "prompt_filter_results": PROMPT_FILTER_RESULTS,
             }
             write(b"data: " + dumps(first) + b"\n\n")
-        pacer = self.pacer()
-        if fault == "slow":
-            pacer.sleep(self.slow_first_token)
+        pacer = self.pacer(fault)
         write((head + '{"role":"assistant","content":"","refusal":null}' + tail(None)).encode())
         sent = emit_tokens(handler, plan, pacer, encode_thinking, encode_content)
         if plan.cut is not None:
@@ -485,16 +468,7 @@ def add_openai_args(parser: argparse.ArgumentParser, flag: str = "--port") -> No
 def openai_from_args(args: argparse.Namespace, port: int) -> FakeOpenAIServer:
     """Build the OpenAI fake from parsed CLI options."""
     key = None if args.api_key.lower() in ("", "none") else args.api_key
-    server = FakeOpenAIServer(
-        api_key=key,
-        tokens=args.tokens,
-        rate=args.rate,
-        slow_first_token=args.slow_first_token,
-        host=args.host,
-        port=port,
-    )
-    apply_common_args(server, args)
-    return server
+    return server_from_args(FakeOpenAIServer, args, port, api_key=key)
 
 
 def openai_banner(server: FakeOpenAIServer) -> list[str]:
@@ -510,13 +484,8 @@ def openai_banner(server: FakeOpenAIServer) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the OpenAI fake alone until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai_server")
-    add_openai_args(parser)
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    server = openai_from_args(args, args.port).start()
-    print("\n".join(openai_banner(server)), flush=True)
-    block_until_interrupted([server])
+    prog = "python -m tests.fakes.openai_server"
+    run_standalone(prog, add_openai_args, openai_from_args, openai_banner, argv)
 
 
 if __name__ == "__main__":
