@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from core import pricing, store
 from core.config import Endpoint
-from core.providers import Message, Params, ProviderError, Reply, provider_for
+from core.providers import Delta, Message, Params, ProviderError, Reply, Usage, provider_for
 from core.providers.base import ErrorKind, redact
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Call:
         self.status = "pending"
         self.error: ProviderError | None = None
         self.cost: Decimal | None = None
+        self.usage: Usage | None = None  # set when the row is written
         self.row_id: int | None = None
         self._eng = eng
         self._stop = threading.Event()
@@ -62,7 +63,7 @@ class Call:
         self._stop.set()
         self.reply.close()
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Delta]:
         status, error = "stopped", None
         try:
             for delta in self.reply:

@@ -50,7 +50,7 @@ def show_outcome(message: dict[str, Any]) -> None:
 
 def meta_line(call: Call) -> str:
     """Model, tokens, time to first token, speed and cost of one reply."""
-    usage, reply = call.usage, call.reply
+    usage, reply = call.usage or call.reply.estimate_usage(), call.reply
     parts = [call.model]
     tokens = t("meta.tokens", input=usage.input_tokens, output=usage.output_tokens)
     parts.append(tokens + (" " + t("meta.estimated") if usage.estimated else ""))
