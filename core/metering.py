@@ -12,14 +12,15 @@ from sqlalchemy import Engine
 
 from core import pricing, store
 from core.config import Endpoint
-from core.providers import Delta, Message, Params, ProviderError, Reply, Usage, provider_for
+from core.providers import Message, Params, ProviderError, Reply, Usage, provider_for
 from core.providers.base import ErrorKind, redact
 
 log = logging.getLogger(__name__)
+_INSERT = store.calls.insert()  # built once: the row goes in as parameters
 
 
 class Call:
-    """One metered model call. Iterate it for deltas, from any one thread; `stop()` from another.
+    """One metered model call. Iterate it for text deltas, from one thread; `stop()` from another.
 
     Its row is written exactly once, when the stream ends, fails, is stopped, or the iterator
     is dropped half-way: status ok, error (with the kind) or stopped.
@@ -59,19 +60,15 @@ class Call:
         return self.reply.text
 
     def stop(self) -> None:
-        """Ask the stream to end at the next delta (safe from another thread)."""
+        """Ask the stream to end at the next chunk (safe from another thread)."""
         self._stop.set()
         self.reply.close()
 
-    def __iter__(self) -> Iterator[Delta]:
-        status, error = "stopped", None
+    def __iter__(self) -> Iterator[str]:
+        status, error = "stopped", None  # what a consumer dropping the iterator leaves
         try:
-            for delta in self.reply:
-                if self._stop.is_set():
-                    break
-                yield delta
-            else:
-                status = "ok"
+            yield from self.reply
+            status = "ok" if self.reply.done else "stopped"
         except ProviderError as exc:
             status, error = "error", exc
             if self._stop.is_set():  # the connection we dropped on purpose
@@ -79,7 +76,8 @@ class Call:
         except Exception as exc:  # noqa: BLE001 - a failure of ours is logged, not raised raw
             status = "error"
             error = ProviderError(ErrorKind.SERVER, redact(f"{type(exc).__name__}: {exc}"),
-                                  hint="error.unexpected")
+                                  hint="error.unexpected", model=self.model,
+                                  url=self.endpoint.base_url)
         finally:
             self._finish(status, error)
         if error is not None:
@@ -131,7 +129,7 @@ class Call:
         self.usage = usage
         try:
             with (self._eng or store.engine()).begin() as conn:
-                result = conn.execute(store.calls.insert().values(**row))
+                result = conn.execute(_INSERT, row)
                 self.row_id = result.inserted_primary_key[0]
         except Exception:  # the answer matters more than its log line
             log.exception("could not write the call log row")

@@ -11,7 +11,7 @@ HELLO = [Message("user", "你好 Ollama")]
 
 
 def drain(reply):
-    return "".join(d.text for d in reply)
+    return "".join(reply)
 
 
 def test_streams_text_with_the_final_counters(ollama_server):

@@ -6,7 +6,6 @@ import functools
 
 from core.config import Endpoint
 from core.providers.base import (
-    Delta,
     ErrorKind,
     Message,
     Params,
@@ -19,7 +18,6 @@ from core.providers.ollama_adapter import OllamaProvider
 from core.providers.openai_adapter import OpenAIProvider
 
 __all__ = [
-    "Delta",
     "ErrorKind",
     "Message",
     "OllamaProvider",

@@ -40,14 +40,6 @@ class Usage:
     estimated: bool = False
 
 
-@dataclass(frozen=True)
-class Delta:
-    """A piece of a streamed answer: answer text, or reasoning kept apart from it."""
-
-    text: str = ""
-    reasoning: str = ""
-
-
 class ErrorKind(StrEnum):
     """What went wrong, in the terms a user can act on."""
 
@@ -91,41 +83,68 @@ def estimate_tokens(text: str) -> int:
 
 
 class Reply:
-    """A streamed answer. Iterate it for `Delta`s; once exhausted it holds usage, finish reason
-    and timings. Adapters fill `usage` and `finish_reason` from inside their generator.
+    """A streamed answer. Iterate it for the answer's text deltas ("" when a chunk carried only
+    reasoning, which accumulates in `reasoning`); once exhausted it holds usage, finish reason
+    and timings.
+
+    Adapters' generators run inside `streaming()`, call `push()` for each piece (it keeps the
+    text and the time to first token), fill `usage` and `finish_reason`, and end early when
+    `stopping` is set. The work per chunk is kept to one generator and one call, as a fast
+    local model sends a chunk every few tens of microseconds (see bench/README.md).
     """
 
     def __init__(self, messages: list[Message]) -> None:
         self.messages = messages
-        self.text = ""
-        self.reasoning = ""
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.started = time.perf_counter()
         self.ttft: float | None = None  # seconds from request to the first visible token
         self.total: float | None = None  # seconds from request to the end of the stream
         self.done = False
-        self._source: Iterator[Delta] | None = None
+        self.stopping = False  # set from another thread; the adapter ends at the next chunk
+        self._source: Iterator[str] | None = None
         self._closer: Callable[[], None] | None = None
 
-    def attach(self, source: Iterator[Delta], closer: Callable[[], None] | None = None) -> Reply:
+    @property
+    def text(self) -> str:
+        """The answer so far."""
+        return "".join(self._text)
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning so far, kept apart from the answer."""
+        return "".join(self._reasoning)
+
+    def push(self, text: str, reasoning: str = "") -> str:
+        """Record a piece of the answer; adapters yield what this returns (the text)."""
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.started
+        if text:
+            self._text.append(text)
+        if reasoning:
+            self._reasoning.append(reasoning)
+        return text
+
+    def attach(self, source: Iterator[str], closer: Callable[[], None] | None = None) -> Reply:
         """Give the reply the adapter's generator (and a way to drop its connection)."""
         self._source = source
         self._closer = closer
         return self
 
-    def __iter__(self) -> Iterator[Delta]:
+    def __iter__(self) -> Iterator[str]:
+        # The adapter's generator itself: no extra layer between the SDK and the caller.
         assert self._source is not None, "Reply.attach() was not called"
+        return self._source
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Wrap an adapter's loop: record the total time however it ends and, when the
+        stream ran out by itself, that it is done, with an estimated usage if none came."""
         try:
-            for delta in self._source:
-                if not (delta.text or delta.reasoning):
-                    continue
-                if self.ttft is None:
-                    self.ttft = time.perf_counter() - self.started
-                self.text += delta.text
-                self.reasoning += delta.reasoning
-                yield delta
-            self.done = True
+            yield
+            self.done = not self.stopping
             if self.usage is None:
                 self.usage = self.estimate_usage()
         finally:
@@ -143,7 +162,8 @@ class Reply:
         )
 
     def close(self) -> None:
-        """Drop the connection; safe to call more than once."""
+        """End the stream at the next chunk and drop the connection; safe to call twice."""
+        self.stopping = True
         if self._closer is not None:
             with contextlib.suppress(Exception):  # a dead connection is already closed
                 self._closer()
@@ -173,7 +193,7 @@ class Provider:
         raise NotImplementedError
 
     def stream(self, model: str, messages: list[Message], params: Params) -> Reply:
-        """Start a chat completion; the returned Reply yields deltas when iterated."""
+        """Start a chat completion; the returned Reply yields text deltas when iterated."""
         raise NotImplementedError
 
 

@@ -10,7 +10,6 @@ import httpx
 import ollama
 
 from core.providers.base import (
-    Delta,
     ErrorKind,
     Message,
     ModelInfo,
@@ -98,33 +97,37 @@ class OllamaProvider(Provider):
         params: Params,
         reply: Reply,
         holder: dict[str, Any],
-    ) -> Iterator[Delta]:
+    ) -> Iterator[str]:
         options = {
             "temperature": params.temperature,
             "top_p": params.top_p,
             "num_predict": params.max_tokens,
             "seed": params.seed,
         }
-        try:
-            stream = self.client.chat(
-                model=model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
-                options={k: v for k, v in options.items() if v is not None},
-                stream=True,
-            )
-            holder["stream"] = stream
-            for part in stream:
-                text = part.message.content or ""
-                thinking = part.message.thinking or ""
-                if text or thinking:
-                    yield Delta(text=text, reasoning=thinking)
-                if part.done:
-                    reply.finish_reason = part.done_reason or "stop"
-                    reply.usage = _usage(part)
-                    if part.eval_count and part.eval_duration:
-                        self.server_tokens_per_s = part.eval_count / (part.eval_duration / 1e9)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-            raise self.error(exc, model=model, partial=bool(reply.text)) from None
+        with reply.streaming():  # times the stream and settles it, however it ends
+            try:
+                stream = self.client.chat(
+                    model=model,
+                    messages=[{"role": m.role, "content": m.content} for m in messages],
+                    options={k: v for k, v in options.items() if v is not None},
+                    stream=True,
+                )
+                holder["stream"] = stream
+                push = reply.push  # the loop runs once per token: keep it lean
+                for part in stream:
+                    if reply.stopping:  # a running generator cannot be closed from outside
+                        return
+                    message = part.message
+                    text, thinking = message.content, message.thinking
+                    if text or thinking:
+                        yield push(text or "", thinking or "")
+                    if part.done:
+                        reply.finish_reason = part.done_reason or "stop"
+                        reply.usage = _usage(part)
+                        if part.eval_count and part.eval_duration:
+                            self.server_tokens_per_s = part.eval_count / (part.eval_duration / 1e9)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
+                raise self.error(exc, model=model, partial=bool(reply.text)) from None
 
     def error(self, exc: Exception, *, model: str = "", partial: bool = False) -> ProviderError:
         """The client's exception as a ProviderError that says what to do."""

@@ -9,7 +9,6 @@ from urllib.parse import urlparse
 import openai
 
 from core.providers.base import (
-    Delta,
     ErrorKind,
     Message,
     Params,
@@ -117,26 +116,31 @@ class OpenAIProvider(Provider):
         params: Params,
         reply: Reply,
         holder: dict[str, Any],
-    ) -> Iterator[Delta]:
-        try:
-            stream = self.client.chat.completions.create(**self._request(model, messages, params))
-            holder["stream"] = stream
-            with stream:
-                for chunk in stream:
-                    if chunk.usage is not None:
-                        reply.usage = _usage(chunk.usage)
-                    # Azure's first chunk and the usage chunk carry no choices: normal.
-                    for choice in chunk.choices:
-                        if choice.finish_reason:
-                            reply.finish_reason = choice.finish_reason
-                        delta = choice.delta
-                        reasoning = _reasoning(delta)
-                        if delta.content or reasoning:
-                            yield Delta(text=delta.content or "", reasoning=reasoning)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-            raise self.error(exc, model=model, partial=bool(reply.text)) from None
-        if reply.finish_reason == "content_filter":
-            raise ProviderError(ErrorKind.CONTENT_FILTER, model=model, url=self.base_url)
+    ) -> Iterator[str]:
+        with reply.streaming():  # times the stream and settles it, however it ends
+            try:
+                body = self._request(model, messages, params)
+                stream = self.client.chat.completions.create(**body)
+                holder["stream"] = stream
+                push = reply.push  # the loop runs once per token: keep it lean
+                with stream:
+                    for chunk in stream:
+                        if reply.stopping:
+                            return
+                        if chunk.usage is not None:
+                            reply.usage = _usage(chunk.usage)
+                        # Azure's first chunk and the usage chunk carry no choices: normal.
+                        for choice in chunk.choices:
+                            if choice.finish_reason:
+                                reply.finish_reason = choice.finish_reason
+                            delta = choice.delta
+                            reasoning = _reasoning(delta)
+                            if delta.content or reasoning:
+                                yield push(delta.content or "", reasoning)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
+                raise self.error(exc, model=model, partial=bool(reply.text)) from None
+            if reply.finish_reason == "content_filter":
+                raise ProviderError(ErrorKind.CONTENT_FILTER, model=model, url=self.base_url)
 
     def error(self, exc: Exception, *, model: str = "", partial: bool = False) -> ProviderError:
         """The SDK's exception as a ProviderError, with the server's words and no key."""
@@ -203,8 +207,13 @@ def _server_message(exc: Exception) -> str:
 
 def _reasoning(delta: Any) -> str:
     # DeepSeek, Qwen, vLLM and others send `reasoning_content`; OpenRouter sends `reasoning`.
+    # The SDK does not declare them: they sit in model_extra (getattr would raise inside
+    # pydantic on every chunk, most of the adapter's cost per chunk).
+    extra = delta.model_extra
+    if not extra:
+        return ""
     for name in ("reasoning_content", "reasoning"):
-        value = getattr(delta, name, None)
+        value = extra.get(name)
         if isinstance(value, str) and value:
             return value
     return ""

@@ -20,7 +20,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.i18n import t
 from core.metering import Call
-from core.providers import Delta, ProviderError
+from core.providers import ProviderError
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.05
@@ -58,7 +58,7 @@ def stream_into(call: Call, message: dict[str, Any]) -> None:
             except queue.Empty:
                 item = None
                 st.session_state.get("_stream_tick")  # lets a pending Stop take effect
-            while isinstance(item, Delta):  # take all that is waiting, draw once
+            while isinstance(item, str):  # take all that is waiting, draw once
                 try:
                     item = events.get_nowait()
                 except queue.Empty:
