@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -36,32 +38,54 @@ class Price:
         return total / MILLION
 
 
-def user_price(user: str, endpoint: str, model: str, *, eng: Engine | None = None) -> Price | None:
-    """The price the user set for this model on this endpoint (or on any endpoint)."""
+# The user's prices, read once a minute rather than once per call: the lookup sits at the end
+# of every stream. Setting a price here clears it at once; another process sees it within TTL.
+PRICES_TTL_S = 60.0
+_price_cache: dict[tuple[str, str], tuple[float, dict[tuple[str, str], Price]]] = {}
+_price_lock = threading.Lock()
+
+
+def _user_prices(user: str, eng: Engine) -> dict[tuple[str, str], Price]:
+    key = (str(eng.url), user)
+    now = time.monotonic()
+    with _price_lock:
+        cached = _price_cache.get(key)
+    if cached is not None and now - cached[0] < PRICES_TTL_S:
+        return cached[1]
     p = store.prices.c
-    query = (
-        select(p.endpoint, p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
-        .where(p.user == user, p.model == model, p.endpoint.in_([endpoint, "*"]))
-    )
-    with (eng or store.engine()).connect() as conn:
-        rows = conn.execute(query).all()
-    if not rows:
-        return None
-    row = min(rows, key=lambda r: r.endpoint == "*")  # the endpoint's own price wins
-    return Price(Decimal(row.input_per_mtok), Decimal(row.output_per_mtok),
-                 None if row.cached_input_per_mtok is None else Decimal(row.cached_input_per_mtok))
+    query = select(p.endpoint, p.model, p.input_per_mtok, p.output_per_mtok,
+                   p.cached_input_per_mtok).where(p.user == user)
+    with eng.connect() as conn:
+        found = {
+            (r.endpoint, r.model): Price(
+                Decimal(r.input_per_mtok), Decimal(r.output_per_mtok),
+                None if r.cached_input_per_mtok is None else Decimal(r.cached_input_per_mtok))
+            for r in conn.execute(query)
+        }
+    with _price_lock:
+        _price_cache[key] = (now, found)
+    return found
+
+
+def user_price(user: str, endpoint: str, model: str, *, eng: Engine | None = None) -> Price | None:
+    """The price the user set for this model on this endpoint, else on any endpoint ("*")."""
+    prices = _user_prices(user, eng or store.engine())
+    return prices.get((endpoint, model)) or prices.get(("*", model))
 
 
 def set_user_price(user: str, endpoint: str, model: str, price: Price, *,
                    eng: Engine | None = None) -> None:
-    """Set (or replace) the user's price for a model."""
+    """Set (or replace) the user's price for a model; "*" as endpoint means any endpoint."""
+    eng = eng or store.engine()
     p = store.prices
-    with (eng or store.engine()).begin() as conn:
+    with eng.begin() as conn:
         conn.execute(p.delete().where(p.c.user == user, p.c.endpoint == endpoint,
                                       p.c.model == model))
         conn.execute(p.insert().values(user=user, endpoint=endpoint, model=model,
                                        input_per_mtok=price.input, output_per_mtok=price.output,
                                        cached_input_per_mtok=price.cached_input))
+    with _price_lock:
+        _price_cache.pop((str(eng.url), user), None)
 
 
 def catalog_cost(endpoint: Endpoint, model: str, usage: Usage, at: datetime) -> Decimal | None:

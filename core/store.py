@@ -101,7 +101,8 @@ def engine(url: str | None = None) -> Engine:
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///") and ":memory:" not in url:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    eng = create_engine(url, pool_pre_ping=True)
+    # A file does not drop connections; a database server may, so those are pinged.
+    eng = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if eng.dialect.name == "sqlite":
         event.listen(eng, "connect", _sqlite_pragmas)
     metadata.create_all(eng)
@@ -113,6 +114,8 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # With WAL this is safe against corruption; a power cut may lose the last few rows.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
