@@ -24,6 +24,8 @@ def test_connections_are_listed_tested_and_added(start_app, e2e_openai, e2e_olla
     page.get_by_text(f"Ollama · {e2e_ollama.url}").click()
     page.get_by_role("button", name="Test connection").last.click()
     expect(page.get_by_text("models found")).to_be_visible()
+    page.get_by_role("heading", name="Settings", exact=True).scroll_into_view_if_needed()
+    screenshot(page, "settings.png")
 
     form = page.get_by_test_id("stForm").last
     form.get_by_role("textbox", name="Base URL").fill("not a url")
@@ -38,4 +40,3 @@ def test_connections_are_listed_tested_and_added(start_app, e2e_openai, e2e_olla
     expect(page.get_by_text("Added “My vLLM”")).to_be_visible()
     expect(page.get_by_text(f"My vLLM · {bare}/v1")).to_be_visible()  # listed, /v1 added
     assert API_KEY not in page.content()  # the form forgot the typed key
-    screenshot(page, "settings.png")
