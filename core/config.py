@@ -89,16 +89,19 @@ class Endpoint:
     @property
     def is_local(self) -> bool:
         """Ollama or a server on this machine or a private network: free unless priced."""
-        if self.kind == "ollama":
-            return True
-        host = urlparse(self.base_url).hostname or ""
-        if host == "localhost" or host.endswith(".local"):
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return address.is_private or address.is_loopback or address.is_unspecified
+        return self.kind == "ollama" or is_local_url(self.base_url)
+
+
+def is_local_url(url: str) -> bool:
+    """Whether a URL points at this machine or a private network."""
+    host = urlparse(url).hostname or ""
+    if host == "localhost" or host.endswith(".local"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_unspecified
 
 
 def normalize_base_url(url: str, kind: Kind = "openai") -> str:
@@ -148,7 +151,7 @@ def make_endpoint(
         api_version = api_version or AZURE_API_VERSION
     else:
         url = normalize_base_url(url, preset.kind)
-    if preset.kind != "ollama" and not (api_key or "").strip() and not _is_local_url(url):
+    if preset.kind != "ollama" and not (api_key or "").strip() and not is_local_url(url):
         raise ConfigError("config.key_required", name=name)
     return Endpoint(
         name=name.strip() or preset.label,
@@ -160,10 +163,6 @@ def make_endpoint(
         models=tuple(m.strip() for m in models if m and m.strip()),
         source=source,
     )
-
-
-def _is_local_url(url: str) -> bool:
-    return Endpoint("", "openai", url).is_local
 
 
 def read_env(dotenv_path: str | Path | None = None) -> dict[str, str]:

@@ -29,11 +29,6 @@ def set_language(lang: str) -> None:
     _current.set(lang if lang in LANGUAGES else DEFAULT)
 
 
-def current_language() -> str:
-    """The language t() speaks now."""
-    return _current.get()
-
-
 def t(key: str, **values: object) -> str:
     """The string for key in the current language, with {placeholders} filled.
 

@@ -1,7 +1,7 @@
 """Streamlit widgets the pages share. The only part of core that imports streamlit."""
 
 from core.ui.chat import clean_prompt, send, show_message
-from core.ui.errors import error_sentence, show_config_error, show_error
+from core.ui.errors import show_config_error, show_error
 from core.ui.pickers import Choice, cached_models, model_picker, params_picker
 from core.ui.session import (
     add_session_endpoint,
@@ -19,7 +19,6 @@ __all__ = [
     "clean_prompt",
     "current_user",
     "endpoints",
-    "error_sentence",
     "language_switch",
     "model_picker",
     "params_picker",

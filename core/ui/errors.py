@@ -9,15 +9,10 @@ from core.i18n import t
 from core.providers import ProviderError
 
 
-def error_sentence(err: ProviderError) -> str:
-    """The user's-language sentence for a provider error."""
-    return t(err.hint, **err.context)
-
-
 def show_error(err: ProviderError, target: st.delta_generator.DeltaGenerator | None = None) -> None:
     """An error banner: what to do, and what the server said."""
     where = target or st
-    body = error_sentence(err)
+    body = t(err.hint, **err.context)
     if err.detail:
         body += "\n\n" + t("error.server_said", detail=err.detail[:500])
     where.error(body, icon=":material/error:")

@@ -48,7 +48,7 @@ def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> 
     sidebar = st.sidebar
     if not endpoints:
         return None
-    last = store.get_preference(user, LAST_MODEL) or {}
+    last = _last_model(user)
     names = [e.name for e in endpoints]
     start = names.index(last["endpoint"]) if last.get("endpoint") in names else 0
     name = sidebar.selectbox(t("picker.endpoint"), names, index=start, key=f"{key}_endpoint")
@@ -78,11 +78,19 @@ def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> 
     return Choice(endpoint, model.strip()) if model and model.strip() else None
 
 
+def _last_model(user: str) -> dict[str, str]:
+    # Read from the database once per session, not on every rerun.
+    if LAST_MODEL not in st.session_state:
+        st.session_state[LAST_MODEL] = store.get_preference(user, LAST_MODEL) or {}
+    return st.session_state[LAST_MODEL]
+
+
 def remember(user: str, choice: Choice) -> None:
-    """Remember the model a message was sent to."""
+    """Remember the model a message was sent to (written only when it changes)."""
     value = {"endpoint": choice.endpoint.name, "model": choice.model}
-    if store.get_preference(user, LAST_MODEL) != value:
+    if _last_model(user) != value:
         store.set_preference(user, LAST_MODEL, value)
+        st.session_state[LAST_MODEL] = value
 
 
 def params_picker(*, key: str = "chat") -> Params:
