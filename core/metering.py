@@ -33,14 +33,14 @@ class Call:
         messages: list[Message],
         params: Params | None = None,
         *,
-        user: str,
+        user_id: str,
         source: str = "chat",
         conversation_id: str | None = None,
         eng: Engine | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.model = model
-        self.user = user
+        self.user_id = user_id
         self.source = source
         self.conversation_id = conversation_id
         self.started_at = datetime.now(UTC)
@@ -100,11 +100,11 @@ class Call:
         usage = reply.usage or reply.estimate_usage()
         try:
             self.cost = pricing.cost(self.endpoint, self.model, usage, self.started_at,
-                                     user=self.user, eng=self._eng)
+                                     user_id=self.user_id, eng=self._eng)
         except Exception:  # a pricing failure must not lose the row
             log.exception("pricing failed for %s", self.model)
         row = {
-            "user": self.user,
+            "user_id": self.user_id,
             "started_at": self.started_at,
             "source": self.source,
             "endpoint": self.endpoint.name,

@@ -45,8 +45,8 @@ _price_cache: dict[tuple[str, str], tuple[float, dict[tuple[str, str], Price]]] 
 _price_lock = threading.Lock()
 
 
-def _user_prices(user: str, eng: Engine) -> dict[tuple[str, str], Price]:
-    key = (str(eng.url), user)
+def _user_prices(user_id: str, eng: Engine) -> dict[tuple[str, str], Price]:
+    key = (str(eng.url), user_id)
     now = time.monotonic()
     with _price_lock:
         cached = _price_cache.get(key)
@@ -54,7 +54,7 @@ def _user_prices(user: str, eng: Engine) -> dict[tuple[str, str], Price]:
         return cached[1]
     p = store.prices.c
     query = select(p.endpoint, p.model, p.input_per_mtok, p.output_per_mtok,
-                   p.cached_input_per_mtok).where(p.user == user)
+                   p.cached_input_per_mtok).where(p.user_id == user_id)
     with eng.connect() as conn:
         found = {
             (r.endpoint, r.model): Price(
@@ -67,25 +67,26 @@ def _user_prices(user: str, eng: Engine) -> dict[tuple[str, str], Price]:
     return found
 
 
-def user_price(user: str, endpoint: str, model: str, *, eng: Engine | None = None) -> Price | None:
+def user_price(user_id: str, endpoint: str, model: str, *,
+               eng: Engine | None = None) -> Price | None:
     """The price the user set for this model on this endpoint, else on any endpoint ("*")."""
-    prices = _user_prices(user, eng or store.engine())
+    prices = _user_prices(user_id, eng or store.engine())
     return prices.get((endpoint, model)) or prices.get(("*", model))
 
 
-def set_user_price(user: str, endpoint: str, model: str, price: Price, *,
+def set_user_price(user_id: str, endpoint: str, model: str, price: Price, *,
                    eng: Engine | None = None) -> None:
     """Set (or replace) the user's price for a model; "*" as endpoint means any endpoint."""
     eng = eng or store.engine()
     p = store.prices
     with eng.begin() as conn:
-        conn.execute(p.delete().where(p.c.user == user, p.c.endpoint == endpoint,
+        conn.execute(p.delete().where(p.c.user_id == user_id, p.c.endpoint == endpoint,
                                       p.c.model == model))
-        conn.execute(p.insert().values(user=user, endpoint=endpoint, model=model,
+        conn.execute(p.insert().values(user_id=user_id, endpoint=endpoint, model=model,
                                        input_per_mtok=price.input, output_per_mtok=price.output,
                                        cached_input_per_mtok=price.cached_input))
     with _price_lock:
-        _price_cache.pop((str(eng.url), user), None)
+        _price_cache.pop((str(eng.url), user_id), None)
 
 
 def catalog_cost(endpoint: Endpoint, model: str, usage: Usage, at: datetime) -> Decimal | None:
@@ -109,13 +110,13 @@ def catalog_cost(endpoint: Endpoint, model: str, usage: Usage, at: datetime) -> 
     return Decimal(result.total_price)
 
 
-def cost(endpoint: Endpoint, model: str, usage: Usage, at: datetime, *, user: str,
+def cost(endpoint: Endpoint, model: str, usage: Usage, at: datetime, *, user_id: str,
          eng: Engine | None = None) -> Decimal | None:
     """What the call cost in USD: user's price, else 0 for local servers, else the catalog's.
 
     None means unknown, which is not the same as free.
     """
-    price = user_price(user, endpoint.name, model, eng=eng)
+    price = user_price(user_id, endpoint.name, model, eng=eng)
     if price is not None:
         return price.cost(usage)
     if endpoint.is_local:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     Numeric,
@@ -30,21 +31,32 @@ DEFAULT_PATH = Path("data") / "owngpt.sqlite3"
 
 metadata = MetaData()
 
-# One row per model call, whatever its outcome. Never a key: endpoint name and base URL only.
+# Where a call came from; the usage page filters by it.
+SOURCES = ("chat", "compare", "batch", "title")
+# running: the request is out; interrupted: its process died before the call ended.
+STATUSES = ("running", "ok", "stopped", "error", "interrupted")
+
+# One row per model call, whatever its outcome: written (status running) when the request
+# goes out, completed when the call ends. Never a key: endpoint name and base URL only.
 calls = Table(
     "calls",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("user", String(200), nullable=False, index=True),
-    Column("started_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("source", String(40), nullable=False),  # chat, compare, settings
+    Column("user_id", String(200), nullable=False, index=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, index=True),  # UTC
+    Column("heartbeat_at", DateTime(timezone=True)),  # refreshed while running
+    Column("ended_at", DateTime(timezone=True)),
+    Column("source", String(20), nullable=False),  # one of SOURCES
     Column("endpoint", String(200), nullable=False),
     Column("provider", String(20), nullable=False),  # openai, azure, ollama
     Column("base_url", String(500), nullable=False),
-    Column("model", String(200), nullable=False, index=True),
-    Column("status", String(10), nullable=False),  # ok, stopped, error
+    Column("model", String(200), nullable=False, index=True),  # the model asked for
+    Column("server_model", String(200)),  # the model the server says answered
+    Column("status", String(20), nullable=False, index=True),  # one of STATUSES
     Column("error_kind", String(40)),
     Column("error_detail", Text),
+    Column("http_status", Integer),  # the server's HTTP status, where it gave one
+    Column("request_id", String(200)),  # the server's request id, where it gave one
     Column("finish_reason", String(40)),
     Column("input_tokens", Integer, nullable=False, default=0),
     Column("cached_input_tokens", Integer, nullable=False, default=0),
@@ -54,8 +66,11 @@ calls = Table(
     Column("cost_usd", Numeric(18, 8)),  # NULL when the price is unknown, never a made-up 0
     Column("ttft_s", Float),
     Column("total_s", Float),
+    Column("load_s", Float),  # time the server spent loading the model (Ollama)
     Column("output_chars", Integer, nullable=False, default=0),
-    Column("conversation_id", String(64)),
+    Column("conversation_id", String(64), index=True),
+    Column("comparison_id", String(64), index=True),
+    Index("ix_calls_user_started", "user_id", "started_at"),
 )
 
 # Prices a user set for a model (per million tokens), taking precedence over genai-prices.
@@ -63,13 +78,13 @@ prices = Table(
     "prices",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("user", String(200), nullable=False),
+    Column("user_id", String(200), nullable=False),
     Column("endpoint", String(200), nullable=False),  # "*" for any endpoint
     Column("model", String(200), nullable=False),
     Column("input_per_mtok", Numeric(18, 8), nullable=False),
     Column("cached_input_per_mtok", Numeric(18, 8)),
     Column("output_per_mtok", Numeric(18, 8), nullable=False),
-    UniqueConstraint("user", "endpoint", "model"),
+    UniqueConstraint("user_id", "endpoint", "model"),
 )
 
 # Small per-user choices the app remembers, such as the model used last.
@@ -77,10 +92,10 @@ preferences = Table(
     "preferences",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("user", String(200), nullable=False),
+    Column("user_id", String(200), nullable=False),
     Column("name", String(100), nullable=False),
     Column("value", JSON),
-    UniqueConstraint("user", "name"),
+    UniqueConstraint("user_id", "name"),
 )
 
 
@@ -119,22 +134,23 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def get_preference(user: str, name: str, default: Any = None, *, eng: Engine | None = None) -> Any:
+def get_preference(user_id: str, name: str, default: Any = None, *,
+                   eng: Engine | None = None) -> Any:
     """A remembered choice, or the default."""
     with (eng or engine()).connect() as conn:
         row = conn.execute(
             select(preferences.c.value).where(
-                preferences.c.user == user, preferences.c.name == name
+                preferences.c.user_id == user_id, preferences.c.name == name
             )
         ).first()
     return default if row is None else row[0]
 
 
-def set_preference(user: str, name: str, value: Any, *, eng: Engine | None = None) -> None:
+def set_preference(user_id: str, name: str, value: Any, *, eng: Engine | None = None) -> None:
     """Remember a choice for this user."""
     with (eng or engine()).begin() as conn:
-        where = (preferences.c.user == user) & (preferences.c.name == name)
+        where = (preferences.c.user_id == user_id) & (preferences.c.name == name)
         if conn.execute(select(preferences.c.id).where(where)).first():
             conn.execute(preferences.update().where(where).values(value=value))
         else:
-            conn.execute(preferences.insert().values(user=user, name=name, value=value))
+            conn.execute(preferences.insert().values(user_id=user_id, name=name, value=value))

@@ -24,9 +24,9 @@ def endpoint(server, key=API_KEY):
 
 
 def test_a_finished_call_logs_one_ok_row(db, openai_server):
-    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user="ana").run()
+    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana").run()
     [row] = call_rows(db)
-    assert row["status"] == "ok" and row["user"] == "ana" and row["model"] == "gpt-4o-mini"
+    assert row["status"] == "ok" and row["user_id"] == "ana" and row["model"] == "gpt-4o-mini"
     assert row["output_tokens"] == 12 and not row["estimated"]
     assert row["cost_usd"] == 0  # a server on this machine is free unless priced
     assert row["ttft_s"] > 0 and row["total_s"] >= row["ttft_s"]
@@ -34,7 +34,7 @@ def test_a_finished_call_logs_one_ok_row(db, openai_server):
 
 
 def test_a_failed_call_logs_one_error_row_with_its_kind(db, openai_server):
-    call = Call(endpoint(openai_server, "sk-wrong-0000000000"), "gpt-4o-mini", HELLO, user="ana")
+    call = Call(endpoint(openai_server, "sk-wrong-0000000000"), "gpt-4o-mini", HELLO, user_id="ana")
     with pytest.raises(ProviderError):
         list(call)
     [row] = call_rows(db)
@@ -43,14 +43,14 @@ def test_a_failed_call_logs_one_error_row_with_its_kind(db, openai_server):
 
 
 def test_a_stream_dying_mid_answer_keeps_the_partial_in_the_log(db, openai_server):
-    call = Call(endpoint(openai_server), "fault-disconnect", HELLO, user="ana").run()
+    call = Call(endpoint(openai_server), "fault-disconnect", HELLO, user_id="ana").run()
     [row] = call_rows(db)
     assert row["status"] == "error" and row["error_kind"] == "connection"
     assert row["output_chars"] == len(call.text) > 0
 
 
 def test_a_consumer_that_stops_reading_logs_stopped(db, openai_server):
-    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user="ana")
+    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana")
     stream = iter(call)
     next(stream)
     stream.close()  # what a dropped generator does
@@ -59,7 +59,7 @@ def test_a_consumer_that_stops_reading_logs_stopped(db, openai_server):
 
 
 def test_stop_from_another_thread_during_a_slow_first_token(db, openai_server):
-    call = Call(endpoint(openai_server), "fault-slow", HELLO, user="ana")
+    call = Call(endpoint(openai_server), "fault-slow", HELLO, user_id="ana")
     reader = threading.Thread(target=call.run)
     reader.start()
     threading.Timer(0.3, call.stop).start()
@@ -69,14 +69,14 @@ def test_stop_from_another_thread_during_a_slow_first_token(db, openai_server):
 
 
 def test_no_usage_from_the_server_is_estimated_and_flagged(db, openai_server):
-    Call(endpoint(openai_server), "fault-no-usage", HELLO, user="ana").run()
+    Call(endpoint(openai_server), "fault-no-usage", HELLO, user_id="ana").run()
     [row] = call_rows(db)
     assert row["estimated"] and row["output_tokens"] > 0
 
 
 def test_the_key_never_reaches_the_database(db, openai_server):
-    Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user="ana").run()
-    Call(endpoint(openai_server, "sk-wrong-0000000000"), "x", HELLO, user="ana").run()
+    Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana").run()
+    Call(endpoint(openai_server, "sk-wrong-0000000000"), "x", HELLO, user_id="ana").run()
     with db.connect() as conn:
         dump = "\n".join(str(tuple(r)) for t in store.metadata.sorted_tables
                          for r in conn.execute(select(t)))
@@ -85,8 +85,8 @@ def test_the_key_never_reaches_the_database(db, openai_server):
 
 def test_ollama_calls_are_logged_too(db, ollama_server):
     ollama = make_endpoint("Ollama", "ollama", base_url=ollama_server.url)
-    Call(ollama, "llama3.2:1b", HELLO, Params(), user="bo").run()
-    Call(ollama, "mistral:7b", HELLO, Params(), user="bo").run()
+    Call(ollama, "llama3.2:1b", HELLO, Params(), user_id="bo").run()
+    Call(ollama, "mistral:7b", HELLO, Params(), user_id="bo").run()
     rows = call_rows(db)
     assert [(r["status"], r["error_kind"], r["provider"]) for r in rows] == [
         ("ok", None, "ollama"), ("error", "model_not_found", "ollama")]
@@ -96,10 +96,10 @@ def test_prices_user_override_then_catalog_then_unknown(db):
     usage = Usage(input_tokens=1_000, cached_input_tokens=200, output_tokens=500)
     now = datetime.now(UTC)
     openai = make_endpoint("OpenAI", "openai", api_key="sk-x" * 4)
-    assert cost(openai, "gpt-4o-mini", usage, now, user="ana") == Decimal("0.000435")
-    assert cost(openai, "no-such-model", usage, now, user="ana") is None  # unknown, not 0
+    assert cost(openai, "gpt-4o-mini", usage, now, user_id="ana") == Decimal("0.000435")
+    assert cost(openai, "no-such-model", usage, now, user_id="ana") is None  # unknown, not 0
     set_user_price("ana", "*", "no-such-model", Price(Decimal(1), Decimal(2)))
-    assert cost(openai, "no-such-model", usage, now, user="ana") == Decimal("0.002")
-    assert cost(openai, "no-such-model", usage, now, user="bo") is None  # prices are per user
+    assert cost(openai, "no-such-model", usage, now, user_id="ana") == Decimal("0.002")
+    assert cost(openai, "no-such-model", usage, now, user_id="bo") is None  # prices are per user
     local = make_endpoint("vLLM", "custom", base_url="http://127.0.0.1:8000")
-    assert cost(local, "gpt-4o-mini", usage, now, user="ana") == 0
+    assert cost(local, "gpt-4o-mini", usage, now, user_id="ana") == 0

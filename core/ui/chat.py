@@ -85,7 +85,7 @@ def send(
     messages += [Message(m["role"], m["content"]) for m in history if m["content"]]
     reply: dict[str, Any] = {"role": "assistant", "content": "", "model": choice.model}
     history.append(reply)  # kept even if the run is stopped mid-stream
-    call = Call(choice.endpoint, choice.model, messages, params, user=user, source="chat")
+    call = Call(choice.endpoint, choice.model, messages, params, user_id=user, source="chat")
     with st.chat_message("assistant"):
         stream_into(call, reply)
         if call.error is not None:
