@@ -78,6 +78,9 @@ class Endpoint:
     preset: str = "custom"
     models: tuple[str, ...] = ()
     source: str = "env"  # env, secrets, session or auto
+    default_model: str | None = None  # chosen when the user has not picked one yet
+    proxy: str | None = None  # http(s):// or socks5:// for this endpoint only
+    pricing: str = "auto"  # auto, free, catalog or own: how its calls are priced
 
     @property
     def masked_key(self) -> str:
@@ -140,6 +143,9 @@ def make_endpoint(
     api_version: str | None = None,
     models: tuple[str, ...] | list[str] = (),
     source: str = "session",
+    default_model: str | None = None,
+    proxy: str | None = None,
+    pricing: str = "auto",
 ) -> Endpoint:
     """An endpoint from what a user typed or a config file says, checked."""
     preset = PRESETS.get(preset_id) or PRESETS["custom"]
@@ -162,6 +168,9 @@ def make_endpoint(
         preset=preset.id,
         models=tuple(m.strip() for m in models if m and m.strip()),
         source=source,
+        default_model=(default_model or "").strip() or None,
+        proxy=(proxy or "").strip() or None,
+        pricing=pricing,
     )
 
 
@@ -217,7 +226,8 @@ def load_endpoints(
         add(name, str(entry.get("preset") or entry.get("kind") or "custom"),
             base_url=str(entry.get("base_url") or ""), api_key=key,
             api_version=entry.get("api_version"), models=list(entry.get("models") or []),
-            source="secrets")
+            source="secrets", default_model=entry.get("default_model"),
+            proxy=entry.get("proxy"), pricing=str(entry.get("pricing") or "auto"))
     return found, problems
 
 

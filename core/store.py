@@ -84,6 +84,7 @@ prices = Table(
     Column("input_per_mtok", Numeric(18, 8), nullable=False),
     Column("cached_input_per_mtok", Numeric(18, 8)),
     Column("output_per_mtok", Numeric(18, 8), nullable=False),
+    Column("currency", String(3), nullable=False, default="USD"),  # USD or CNY, as the vendor
     UniqueConstraint("user_id", "endpoint", "model"),
 )
 
