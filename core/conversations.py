@@ -488,7 +488,8 @@ def title_with_model(first_message: str, ask: Callable[[list[Message]], str],
     except Exception:  # noqa: BLE001 - a title is a nicety; the message's own words will do
         return fallback
     line = next((ln for ln in (answer or "").splitlines() if ln.strip()), "")
-    line = line.strip().strip("\"'“”‘’「」《》*#").strip().rstrip("。.")
+    line = line.strip(" \"'“”‘’「」『』《》*#").rstrip("。.!！")
+    line = line.strip(" \"'“”‘’「」『』《》*#")
     return title_from_text(line, width) if line else fallback
 
 
