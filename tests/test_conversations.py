@@ -509,3 +509,41 @@ def test_the_running_total_comes_from_the_call_log(db):
     assert (total.calls, total.input_tokens, total.output_tokens) == (2, 30, 12)
     assert str(total.cost_usd.normalize()) == "0.001" and total.cost_complete is False
     assert cv.spent(OTHER, conv.id, eng=db).calls == 0
+
+
+# --- the migration -------------------------------------------------------------------------
+
+
+def test_migration_0004_builds_the_tables_the_code_declares(tmp_path):
+    alembic = pytest.importorskip("alembic")
+    import importlib.util
+    from pathlib import Path
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy import MetaData, create_engine, inspect
+
+    file = Path(store.__file__).parent / "migrations" / "versions" / "0004_conversations.py"
+    spec = importlib.util.spec_from_file_location("migration_0004", file)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert (migration.revision, migration.down_revision) == ("0004", "0003")
+
+    eng = create_engine(f"sqlite:///{tmp_path / 'migrated.sqlite3'}")
+    store.calls.to_metadata(MetaData()).create(eng)  # what 0002 leaves behind
+    ours = {"conversations", "messages"}
+    with eng.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        migration.upgrade()
+    with eng.connect() as conn:
+        def ours_only(obj, name, kind, _reflected, _compare_to) -> bool:
+            table = name if kind == "table" else getattr(obj, "table", None)
+            return (table if isinstance(table, str) else table.name) in ours
+
+        ctx = MigrationContext.configure(conn, opts={"include_object": ours_only})
+        differences = compare_metadata(ctx, store.metadata)
+    assert differences == [], differences
+    with eng.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        migration.downgrade()
+    assert set(inspect(eng).get_table_names()) == {"calls"}
+    assert alembic.__version__
