@@ -261,6 +261,22 @@ def test_replies_saved_by_many_workers_at_once_all_land(db):
     assert cv.get(ME, conv.id, eng=db).seq == conv.seq + len(questions)
 
 
+
+def test_a_late_reply_does_not_pull_the_screen_off_the_branch_the_user_moved_to(db):
+    conv = chat(db, "Name a colour", "Red")
+    thread = cv.load(ME, conv.id, eng=db)
+    question, red = thread.messages
+    # Regenerate: the new question-answer streams while the user flips back to "Red".
+    cv.save_reply(ME, conv.id, answer("Blue"), parent_id=question.id, eng=db)
+    now = cv.load(ME, conv.id, eng=db)
+    cv.switch_branch(ME, conv.id, red.id, seq=now.seq, eng=db)
+    follow_up, _ = cv.add_message(ME, conv.id, user("Why red?"), parent_id=red.id,
+                                  seq=now.seq + 1, eng=db)
+    cv.save_reply(ME, conv.id, answer("Late green"), parent_id=question.id, eng=db)
+    assert texts(cv.load(ME, conv.id, eng=db)) == ["Name a colour", "Red", "Why red?"]
+    cv.save_reply(ME, conv.id, answer("Warm."), parent_id=follow_up.id, eng=db)
+    assert texts(cv.load(ME, conv.id, eng=db))[-1] == "Warm."
+
 # --- two tabs ------------------------------------------------------------------------------
 
 
