@@ -152,16 +152,12 @@ class Thread:
     messages: list[ChatMessage]  # the last messages of the active path, oldest first
     earlier: int  # messages on the path before `messages`, not loaded
     branches: dict[int, Branch]  # for each loaded message
+    leaf_id: int | None  # the end of the active path: the parent of the next message sent
 
     @property
     def seq(self) -> int:
         """The sequence number this view was read at; pass it back with a write."""
         return self.conversation.seq
-
-    @property
-    def leaf_id(self) -> int | None:
-        """The last message on screen: the parent of the next one sent."""
-        return self.messages[-1].id if self.messages else None
 
     def branch(self, message_id: int) -> Branch:
         """The siblings of a loaded message."""
@@ -222,7 +218,8 @@ def load(user_id: str, conversation_id: str, *, last: int | None = 50,
     with _eng(eng).connect() as conn:
         conv = _get(conn, user_id, conversation_id)
         parents, children = _tree(conn, conversation_id)
-        on_path = _path(parents, _leaf(conv.leaf_id, parents, children))
+        leaf = _leaf(conv.leaf_id, parents, children)
+        on_path = _path(parents, leaf)
         if last is None:
             shown = on_path
         else:
@@ -232,7 +229,7 @@ def load(user_id: str, conversation_id: str, *, last: int | None = 50,
     for mid in shown:
         siblings = tuple(children[parents[mid]])
         branches[mid] = Branch(siblings.index(mid) + 1, siblings)
-    return Thread(conv, [rows[i] for i in shown], len(on_path) - len(shown), branches)
+    return Thread(conv, [rows[i] for i in shown], len(on_path) - len(shown), branches, leaf)
 
 
 def path(user_id: str, conversation_id: str, *, eng: Engine | None = None) -> list[ChatMessage]:

@@ -102,6 +102,21 @@ def test_load_shows_the_last_messages_and_counts_the_earlier_ones(db):
     assert [m.text for m in everything] == [f"m{i}" for i in range(10)]
     assert [m.position for m in everything] == list(range(10))
     assert cv.load(ME, conv.id, last=100, eng=db).earlier == 0
+    none_shown = cv.load(ME, conv.id, last=0, eng=db)
+    assert none_shown.messages == [] and none_shown.leaf_id == everything[-1].id
+
+
+def test_a_thread_continued_from_elsewhere_starts_a_new_conversation(db):
+    pane = [user("Compare WAL and rollback journals"), answer("WAL appends; rollback copies.",
+                                                              reasoning="recall")]
+    conv = cv.create(ME, endpoint="work", model="gpt-x", messages=pane, eng=db)
+    thread = cv.load(ME, conv.id, eng=db)
+    assert texts(thread) == [m.text for m in pane]
+    assert thread.messages[1].reasoning == "recall" and thread.messages[1].parent_id == (
+        thread.messages[0].id)
+    assert conv.title == "Compare WAL and rollback journals" and conv.seq == 0
+    with pytest.raises(ValueError, match="role"):
+        cv.create(ME, messages=[cv.ChatMessage("system", "x")], eng=db)
 
 
 def test_rename_and_delete(db):
