@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -97,6 +98,47 @@ preferences = Table(
     Column("name", String(100), nullable=False),
     Column("value", JSON),
     UniqueConstraint("user_id", "name"),
+)
+
+# A saved chat. `seq` grows by one with every write, so a tab that drew an older state is told
+# (core.conversations.ConversationChanged) instead of writing over what another tab did.
+# `leaf_id` is the last message of the branch on screen; deleting a conversation deletes it.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(32), primary_key=True),  # random and URL-safe: /?c=<id>
+    Column("user_id", String(200), nullable=False),
+    Column("title", String(200), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # UTC
+    Column("updated_at", DateTime(timezone=True), nullable=False),  # UTC
+    Column("endpoint", String(200), nullable=False, default=""),  # a name, never a key
+    Column("model", String(200), nullable=False, default=""),
+    Column("system_prompt", Text, nullable=False, default=""),
+    Column("params", JSON),
+    Column("seq", Integer, nullable=False, default=0),
+    Column("leaf_id", Integer),
+    Index("ix_conversations_user_updated", "user_id", "updated_at"),
+)
+
+# One message of a conversation: a tree, as regenerating or editing makes a sibling.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("conversation_id", String(32),
+           ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("parent_id", Integer, ForeignKey("messages.id", ondelete="CASCADE")),
+    Column("role", String(20), nullable=False),  # user or assistant
+    Column("text", Text, nullable=False, default=""),
+    Column("reasoning", Text, nullable=False, default=""),  # shown, never sent back
+    Column("status", String(20), nullable=False, default="ok"),  # ok, stopped, error
+    Column("error_kind", String(40)),
+    Column("call_id", Integer, ForeignKey("calls.id", ondelete="SET NULL")),
+    Column("model", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # UTC
+    Column("position", Integer, nullable=False, default=0),  # depth in the tree, from 0
+    # Covers the tree walk (ids and parents only) without reading any text.
+    Index("ix_messages_conversation_tree", "conversation_id", "id", "parent_id"),
 )
 
 
