@@ -545,7 +545,7 @@ def test_the_running_total_comes_from_the_call_log(db):
 # --- the migration -------------------------------------------------------------------------
 
 
-def test_migration_0004_builds_the_tables_the_code_declares(tmp_path):
+def test_migration_0003_builds_the_tables_the_code_declares(tmp_path):
     alembic = pytest.importorskip("alembic")
     import importlib.util
     from pathlib import Path
@@ -555,11 +555,11 @@ def test_migration_0004_builds_the_tables_the_code_declares(tmp_path):
     from alembic.operations import Operations
     from sqlalchemy import MetaData, create_engine, inspect
 
-    file = Path(store.__file__).parent / "migrations" / "versions" / "0004_conversations.py"
-    spec = importlib.util.spec_from_file_location("migration_0004", file)
+    file = Path(store.__file__).parent / "migrations" / "versions" / "0003_conversations.py"
+    spec = importlib.util.spec_from_file_location("migration_0003", file)
     migration = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(migration)
-    assert (migration.revision, migration.down_revision) == ("0004", "0003")
+    assert (migration.revision, migration.down_revision) == ("0003", "0002")
 
     eng = create_engine(f"sqlite:///{tmp_path / 'migrated.sqlite3'}")
     store.calls.to_metadata(MetaData()).create(eng)  # what 0002 leaves behind
