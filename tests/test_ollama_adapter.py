@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from core import aio
 from core.providers import ErrorKind, Message, OllamaProvider, Params, ProviderError
+from tests.fakes import FakeOllamaServer
 from tests.fakes.common import reply_tokens
 
 HELLO = [Message("user", "你好 Ollama")]
 
 
 def drain(reply):
-    return "".join(reply)
+    """Iterate the reply to its end on the app's call loop; the text it yielded."""
+    return aio.run(collect(reply), timeout=30)
+
+
+async def collect(reply):
+    return "".join([delta async for delta in reply])
 
 
 def test_streams_text_with_the_final_counters(ollama_server):
@@ -21,7 +30,9 @@ def test_streams_text_with_the_final_counters(ollama_server):
     assert reply.usage.output_tokens == 12 and reply.usage.input_tokens > 0
     assert not reply.usage.estimated
     assert reply.finish_reason == "stop"
-    assert ollama.server_tokens_per_s and ollama.server_tokens_per_s > 0
+    assert reply.server_model == "llama3.2:1b" and reply.load_s is not None
+    assert reply.complete and 0 < reply.ttft <= reply.total
+    assert not hasattr(ollama, "server_tokens_per_s")  # per-call state stays on the reply
     options = ollama_server.requests[-1]["options"]
     assert options == {"temperature": 0.1, "seed": 3}
 
@@ -81,3 +92,31 @@ def test_disconnect_keeps_partial_text(ollama_server):
         drain(reply)
     assert caught.value.kind == ErrorKind.CONNECTION
     assert reply.text.startswith("Echo:")
+
+
+def wait_until(check, timeout=5.0, what="condition"):
+    """Poll `check` until it is true; fail the test when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("moment", ["before the first token", "mid-answer"])
+def test_cancelling_the_task_drops_the_connection(moment):
+    slow = moment == "before the first token"
+    with FakeOllamaServer(slow_first_token=30, rate=0 if slow else 100, tokens=5000) as server:
+        reply = OllamaProvider(server.url).stream(
+            "fault-slow" if slow else "llama3.2:1b", HELLO, Params())
+        future = aio.submit(collect(reply))
+        if slow:
+            wait_until(lambda: server.requests, what="the request to arrive")
+        else:
+            wait_until(lambda: reply.text, what="the first token")
+        future.cancel()
+        # The server would wait 30 s (or stream 50 s) more had the connection stayed open.
+        assert server.wait_for_hangups(1, timeout=2.0), "the server never saw the hang-up"
+        wait_until(lambda: reply.total is not None, what="the reply to settle")
+        assert reply.text == "" if slow else reply.text.startswith("Echo")
+        assert not reply.complete

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import ollama
 
+from core import aio
 from core.providers.base import (
     ErrorKind,
+    Event,
+    Facts,
     Message,
     ModelInfo,
     Params,
     Provider,
     ProviderError,
-    Reply,
+    Thinking,
     Usage,
     redact,
 )
@@ -43,14 +47,13 @@ class OllamaProvider(Provider):
     """One Ollama server."""
 
     def __init__(self, host: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
-        self.host = host.rstrip("/")
-        self.client = ollama.Client(host=self.host, timeout=timeout)
-        self.server_tokens_per_s: float | None = None
+        self.host = self.url = host.rstrip("/")
+        self.client = ollama.AsyncClient(host=self.host, timeout=timeout)
 
     def models(self) -> list[str]:
         """Names of the models pulled on this server."""
         try:
-            listing = self.client.list()
+            listing = aio.run(self.client.list())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self.error(exc) from None
         return sorted(m.model for m in listing.models if m.model)
@@ -58,7 +61,7 @@ class OllamaProvider(Provider):
     def details(self, model: str) -> ModelInfo:
         """Family, size, quantization, context length and capabilities of one model."""
         try:
-            shown = self.client.show(model)
+            shown = aio.run(self.client.show(model))
         except Exception as exc:  # noqa: BLE001
             raise self.error(exc, model=model) from None
         info: dict[str, Any] = {}
@@ -72,93 +75,106 @@ class OllamaProvider(Provider):
         return ModelInfo(id=model, details=info)
 
     def pull(self, model: str) -> Iterator[PullProgress]:
-        """Download a model, yielding progress as Ollama reports it."""
+        """Download a model, yielding progress as Ollama reports it (for sync callers)."""
+        steps = self._pull(model)
         try:
-            for step in self.client.pull(model, stream=True):
-                yield PullProgress(step.status or "", step.completed or 0, step.total or 0)
+            while True:
+                try:
+                    step = aio.run(anext(steps))
+                except StopAsyncIteration:
+                    return
+                yield step
         except Exception as exc:  # noqa: BLE001
-            raise self.error(exc, model=model) from None
+            raise self.error(exc, model=model, pulling=True) from None
+        finally:
+            aio.run(steps.aclose())
 
-    def stream(self, model: str, messages: list[Message], params: Params) -> Reply:
-        """Start a streamed chat; the request goes out on first iteration."""
-        reply = Reply(messages)
-        holder: dict[str, Any] = {}
+    async def _pull(self, model: str) -> AsyncIterator[PullProgress]:
+        async with aclosing(await self.client.pull(model, stream=True)) as steps:
+            async for step in steps:
+                yield PullProgress(step.status or "", step.completed or 0, step.total or 0)
 
-        def close() -> None:
-            if "stream" in holder:
-                holder["stream"].close()
-
-        return reply.attach(self._deltas(model, messages, params, reply, holder), close)
-
-    def _deltas(
-        self,
-        model: str,
-        messages: list[Message],
-        params: Params,
-        reply: Reply,
-        holder: dict[str, Any],
-    ) -> Iterator[str]:
+    async def _events(
+        self, model: str, messages: list[Message], params: Params
+    ) -> AsyncIterator[Event]:
         options = {
             "temperature": params.temperature,
             "top_p": params.top_p,
             "num_predict": params.max_tokens,
             "seed": params.seed,
         }
-        with reply.streaming():  # times the stream and settles it, however it ends
-            try:
-                stream = self.client.chat(
-                    model=model,
-                    messages=[{"role": m.role, "content": m.content} for m in messages],
-                    options={k: v for k, v in options.items() if v is not None},
-                    stream=True,
-                )
-                holder["stream"] = stream
-                push = reply.push  # the loop runs once per token: keep it lean
-                for part in stream:
-                    if reply.stopping:  # a running generator cannot be closed from outside
-                        return
-                    message = part.message
-                    text, thinking = message.content, message.thinking
-                    if text or thinking:
-                        yield push(text or "", thinking or "")
-                    if part.done:
-                        reply.finish_reason = part.done_reason or "stop"
-                        reply.usage = _usage(part)
-                        if part.eval_count and part.eval_duration:
-                            self.server_tokens_per_s = part.eval_count / (part.eval_duration / 1e9)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-                raise self.error(exc, model=model, partial=bool(reply.text)) from None
+        stream = await self.client.chat(
+            model=model,
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            options={k: v for k, v in options.items() if v is not None},
+            stream=True,
+        )
+        async with aclosing(stream):  # closes the response however the loop ends
+            async for part in stream:
+                message = part.message
+                if message.thinking:
+                    yield Thinking(message.thinking)
+                if message.content:
+                    yield message.content
+                if part.done:
+                    yield Facts(
+                        usage=_usage(part),
+                        finish_reason=part.done_reason or "stop",
+                        server_model=part.model,
+                        load_s=part.load_duration / 1e9 if part.load_duration else None,
+                        complete=True,
+                    )
 
-    def error(self, exc: Exception, *, model: str = "", partial: bool = False) -> ProviderError:
+    def error(
+        self, exc: Exception, *, model: str = "", partial: bool = False, pulling: bool = False
+    ) -> ProviderError:
         """The client's exception as a ProviderError that says what to do."""
-        if isinstance(exc, ProviderError):
-            return exc
+        err = super().error(exc, model=model, partial=partial)
+        if pulling and err.kind == ErrorKind.SERVER and _pull_missing(err.detail):
+            err = ProviderError(ErrorKind.MODEL_NOT_FOUND, err.detail, hint="error.pull_missing",
+                                http_status=err.http_status, **err.context)
+        return err
+
+    def _classify(self, exc: Exception, *, model: str, partial: bool) -> ProviderError:
         detail = redact(str(getattr(exc, "error", "") or exc))
-        kind, hint = _classify(exc, detail, partial)
-        return ProviderError(kind, detail, hint=hint, model=model or "?", url=self.host,
-                             retry_after="?")
+        kind, hint, extra = _classify(exc, detail, partial)
+        status = getattr(exc, "status_code", None)
+        return ProviderError(kind, detail, hint=hint, model=model, url=self.host,
+                             http_status=status if isinstance(status, int) and status > 0
+                             else None, **extra)
 
 
-def _classify(exc: Exception, detail: str, partial: bool) -> tuple[ErrorKind, str | None]:
-    """Kind and sentence for an exception of the ollama package (or of httpx beneath it)."""
+def _pull_missing(detail: str) -> bool:
+    words = detail.lower()
+    return "file does not exist" in words or "not found" in words
+
+
+def _classify(
+    exc: Exception, detail: str, partial: bool
+) -> tuple[ErrorKind, str | None, dict[str, str]]:
+    """Kind, sentence and context for an exception of the ollama package (or httpx beneath it)."""
     if isinstance(exc, ollama.ResponseError):
         status, words = exc.status_code, detail.lower()
         if status == 404 or ("not found" in words and "model" in words):
-            return ErrorKind.MODEL_NOT_FOUND, "error.ollama_model_not_found"
+            return ErrorKind.MODEL_NOT_FOUND, "error.ollama_model_not_found", {}
         if status in (401, 403):
-            return ErrorKind.AUTH, None
+            return ErrorKind.AUTH, None, {}
         if status == 429:
-            return ErrorKind.RATE_LIMITED, None
+            # The ollama package drops the response headers: no Retry-After to quote.
+            return ErrorKind.RATE_LIMITED, "error.rate_limited_wait", {}
         if "context" in words:
-            return ErrorKind.CONTEXT_TOO_LONG, None
+            return ErrorKind.CONTEXT_TOO_LONG, None, {}
+        if "does not support chat" in words or "does not support generate" in words:
+            return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
         if status in (400, 422):
-            return ErrorKind.BAD_REQUEST, None
-        return ErrorKind.SERVER, None
+            return ErrorKind.BAD_REQUEST, None, {}
+        return ErrorKind.SERVER, None, {}
     if isinstance(exc, httpx.TimeoutException):
-        return ErrorKind.TIMEOUT, None
+        return ErrorKind.TIMEOUT, None, {}
     if isinstance(exc, ConnectionError | httpx.TransportError):
-        return ErrorKind.CONNECTION, "error.interrupted" if partial else "error.ollama_connection"
-    return ErrorKind.SERVER, "error.unexpected"
+        hint = "error.interrupted" if partial else "error.ollama_connection"
+        return ErrorKind.CONNECTION, hint, {}
+    return ErrorKind.SERVER, "error.unexpected", {}
 
 
 def _usage(final: Any) -> Usage:

@@ -150,18 +150,56 @@ class Aborted(Exception):
     """Raised inside a handler to drop the connection (server stopping)."""
 
 
-class Pacer:
-    """Paces tokens at `rate` per second against a fixed schedule; never sleeps when rate is 0."""
+class HungUp(Aborted):
+    """Raised inside a handler when the client closed the connection mid-response."""
 
-    def __init__(self, rate: float, stopping: threading.Event) -> None:
+
+# How often a waiting handler looks whether its client hung up: the stop benchmark's resolution.
+HANGUP_POLL = 0.002
+
+
+def peer_closed(conn: socket.socket) -> bool:
+    """Whether the client closed its side (EOF or reset), without consuming any byte."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class Pacer:
+    """Paces tokens at `rate` per second against a fixed schedule; never sleeps when rate is 0.
+
+    With a connection to watch, every wait also notices the client hanging up (the way a real
+    server stops generating): it raises HungUp within HANGUP_POLL seconds.
+    """
+
+    def __init__(
+        self, rate: float, stopping: threading.Event, conn: socket.socket | None = None
+    ) -> None:
         self.rate = rate
         self._stopping = stopping
+        self._conn = conn
         self._t0: float | None = None
 
     def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up and raise Aborted as soon as the server stops."""
-        if seconds > 0 and self._stopping.wait(seconds):
-            raise Aborted
+        """Sleep, but wake up and raise Aborted as soon as the server stops or the client goes."""
+        if seconds <= 0:
+            return
+        if self._conn is None:
+            if self._stopping.wait(seconds):
+                raise Aborted
+            return
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if self._stopping.wait(min(left, HANGUP_POLL)):
+                raise Aborted
+            if peer_closed(self._conn):
+                raise HungUp
 
     def wait(self, index: int) -> None:
         """Wait until token number `index` is due."""
@@ -276,7 +314,15 @@ class FakeHandler(BaseHTTPRequestHandler):
                 self.fake.control(self)
             else:
                 self.fake.dispatch(self)
-        except (OSError, Aborted):
+        except HungUp:
+            self.fake._hung_up(self)
+            raise
+        except OSError:
+            # A write to a client that has gone (our own abort() sets close_connection first).
+            if not self.close_connection and not self.fake._stopping.is_set():
+                self.fake._hung_up(self)
+            raise
+        except Aborted:
             raise
         except Exception:
             log.exception("fake server bug while handling %s %s", self.command, self.path)
@@ -411,6 +457,10 @@ class FakeServer:
         self.headers: list[dict[str, str]] = []
         # (method, path) of every request, for routing assertions.
         self.calls: list[tuple[str, str]] = []
+        # Responses whose client hung up before the end (waiting or streaming): how many,
+        # when (time.monotonic()) and which path; `wait_for_hangups` waits on them.
+        self.hangups: list[tuple[float, str]] = []
+        self._hangup = threading.Condition()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -482,9 +532,22 @@ class FakeServer:
         with self._lock:
             self._conns.discard(conn)
 
-    def pacer(self, fault: str | None = None) -> Pacer:
-        """A pacer for one reply at the current rate; the "slow" fault first waits its delay."""
-        pacer = Pacer(self.rate, self._stopping)
+    def _hung_up(self, handler: FakeHandler) -> None:
+        handler.close_connection = True
+        with self._hangup:
+            self.hangups.append((time.monotonic(), handler.path))
+            self._hangup.notify_all()
+
+    def wait_for_hangups(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """Wait until `count` responses in all saw their client hang up; False on timeout."""
+        with self._hangup:
+            return self._hangup.wait_for(lambda: len(self.hangups) >= count, timeout)
+
+    def pacer(self, fault: str | None = None, handler: FakeHandler | None = None) -> Pacer:
+        """A pacer for one reply at the current rate; the "slow" fault first waits its delay.
+
+        Given the handler, its waits notice the client hanging up (see `hangups`)."""
+        pacer = Pacer(self.rate, self._stopping, handler.connection if handler else None)
         if fault == "slow":
             pacer.sleep(self.slow_first_token)
         return pacer

@@ -254,7 +254,7 @@ class FakeOllamaServer(FakeServer):
                 {"status": "writing manifest"},
                 {"status": "success"},
             ]
-        pacer = self.pacer()
+        pacer = self.pacer(None, handler)
         if body.get("stream", True) is False:
             # Non-streaming pulls answer once at the end; errors become a 500 like Ollama's.
             if missing:
@@ -356,7 +356,7 @@ class FakeOllamaServer(FakeServer):
     ) -> None:
         """NDJSON stream: one line per token, then the done line with counters."""
         # Ollama sends its headers with the first token, so the "slow" wait comes before them.
-        pacer = self.pacer(fault)
+        pacer = self.pacer(fault, handler)
         first = time.monotonic()
         pre = '{"model":' + jstr(name) + ',"created_at":"'
         content_mid = '","message":{"role":"assistant","content":'

@@ -415,7 +415,7 @@ class FakeOpenAIServer(FakeServer):
                 "prompt_filter_results": PROMPT_FILTER_RESULTS,
             }
             write(b"data: " + dumps(first) + b"\n\n")
-        pacer = self.pacer(fault)
+        pacer = self.pacer(fault, handler)
         write((head + '{"role":"assistant","content":"","refusal":null}' + tail(None)).encode())
         sent = emit_tokens(handler, plan, pacer, encode_thinking, encode_content)
         if plan.cut is not None:
