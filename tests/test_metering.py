@@ -6,7 +6,6 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import pytest
 from sqlalchemy import select
 
 from core import store
