@@ -152,7 +152,8 @@ class Call:
 
     @property
     def ended(self) -> bool:
-        """Whether the call is over and its row settled."""
+        """Whether the answer is over; its cost and row are settled once `run()` returns
+        (for a Run: before on_end)."""
         return self.status in ("ok", "stopped", "error")
 
     # -- making the call ----------------------------------------------------------------------
@@ -229,14 +230,25 @@ class Call:
     def _settle(self, status: str, error: ProviderError | None, elapsed: float) -> None:
         """The call's outcome, on the call itself, before its row is written."""
         reply = self.reply
-        usage = reply.usage or reply.estimate_usage()
-        self._usage = usage
+        self._usage = reply.usage or reply.estimate_usage()
         self.ended_at = datetime.now(UTC)
         self._elapsed = reply.total if reply.total is not None else elapsed
+        self.error = error
+        self.status = status
+
+    # -- the row (on the writer thread) -------------------------------------------------------
+
+    def _engine(self) -> Engine:
+        # Resolved here only, on the writer thread: the first store.engine() of a process
+        # creates the tables, which two threads must not do at once.
+        return self._eng or store.engine()
+
+    def _price(self) -> None:
+        usage = self._usage or Usage()
         try:
             cost = pricing.cost(self.endpoint, self.model, usage, self.started_at,
                                 user_id=self.user_id, eng=self._eng)
-            server_model = reply.server_model
+            server_model = self.reply.server_model
             if cost is None and server_model and server_model != self.model:
                 # An Azure deployment or an alias: the model the server names has a price.
                 cost = pricing.cost(self.endpoint, server_model, usage, self.started_at,
@@ -244,13 +256,6 @@ class Call:
             self.cost = cost
         except Exception:  # a pricing failure must not lose the row
             log.exception("pricing failed for %s", self.model)
-        self.error = error
-        self.status = status  # last: readers take status as the sign that the rest is set
-
-    # -- the row (on the writer thread) -------------------------------------------------------
-
-    def _engine(self) -> Engine:
-        return self._eng or store.engine()
 
     def _insert(self) -> None:
         estimate = self.reply.estimate_usage()
@@ -276,6 +281,7 @@ class Call:
             log.exception("could not write the call log row of %s", self.model)
 
     def _complete(self) -> None:
+        self._price()  # off the call loop: a user's prices may be read from the database
         row = self._final_row()
         try:
             if self.row_id is None:  # the first write failed: the row goes in whole, once
@@ -350,22 +356,22 @@ async def _heartbeat() -> None:
     loop = asyncio.get_running_loop()
     while _live:
         await asyncio.sleep(HEARTBEAT_S)
-        beats: dict[Engine, list[dict[str, Any]]] = {}
+        beats: dict[Engine | None, list[dict[str, Any]]] = {}
         now = datetime.now(UTC)
         for call in list(_live):
             if call.row_id is None:
                 continue
             so_far = call.reply.estimate_usage()
-            beats.setdefault(call._engine(), []).append({
+            beats.setdefault(call._eng, []).append({
                 "row_id": call.row_id, "beat_at": now, "beat_tokens": so_far.output_tokens,
                 "beat_chars": len(call.reply.text)})
         for eng, rows in beats.items():
             loop.run_in_executor(_writer, _beat, eng, rows)
 
 
-def _beat(eng: Engine, rows: list[dict[str, Any]]) -> None:
+def _beat(eng: Engine | None, rows: list[dict[str, Any]]) -> None:
     try:
-        _write(eng, lambda conn: conn.execute(_BEAT, rows))
+        _write(eng or store.engine(), lambda conn: conn.execute(_BEAT, rows))
     except Exception:  # the next beat tries again; a minute of misses is tolerated
         log.warning("could not write the heartbeat of %d running calls", len(rows),
                     exc_info=True)
