@@ -71,6 +71,8 @@ class OpenAIProvider(Provider):
             )
         self.url = str(self.client.base_url).rstrip("/")
         self.is_openai = (urlparse(self.url).hostname or "") == "api.openai.com"
+        # What the endpoint accepts (not per-call state): False once it refused stream_options.
+        self.stream_options = True
 
     @property
     def base_url(self) -> str:
@@ -95,8 +97,9 @@ class OpenAIProvider(Provider):
             "model": model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if self.stream_options:
+            body["stream_options"] = {"include_usage": True}
         if params.temperature is not None:
             body["temperature"] = params.temperature
         if params.top_p is not None:
@@ -112,9 +115,17 @@ class OpenAIProvider(Provider):
     async def _events(
         self, model: str, messages: list[Message], params: Params
     ) -> AsyncIterator[Event]:
-        stream = await self.client.chat.completions.create(
-            **self._request(model, messages, params)
-        )
+        body = self._request(model, messages, params)
+        try:
+            stream = await self.client.chat.completions.create(**body)
+        except openai.BadRequestError as exc:
+            # Azure api-versions before 2024-09-01 reject stream_options: ask again without it
+            # (usage is then estimated and flagged), and remember it for this endpoint.
+            if "stream_options" not in body or "stream_options" not in str(exc.message):
+                raise
+            self.stream_options = False
+            del body["stream_options"]
+            stream = await self.client.chat.completions.create(**body)
         seen_model = False
         async with stream:  # closes the response however the loop ends, cancellation included
             async for chunk in stream:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Unpack
 
 from tests.fakes.common import (
+    CLEAN_CUTS,
     COMMON_FAULTS,
     FakeHandler,
     FakeServer,
@@ -30,7 +31,10 @@ MODIFIED_AT = "2025-06-01T12:00:00.000000000Z"
 # A warm model still reports a little load time; the fake adds this constant.
 LOAD_NS = 1_000_000
 KEEP_ALIVE_S = 300
-OLLAMA_FAULTS: tuple[str, ...] = COMMON_FAULTS
+OLLAMA_FAULTS: tuple[str, ...] = (
+    *COMMON_FAULTS,
+    "429-after",  # a 429 that says when to retry (Retry-After: 30), as a proxy in front may
+)
 ERROR_500 = "llama runner process has terminated: exit status 2"
 ERROR_429 = "too many requests, please try again later"
 ERROR_CONTEXT = "input length exceeds maximum context length"
@@ -295,6 +299,9 @@ class FakeOllamaServer(FakeServer):
         if fault == "429":
             handler.send_json(429, {"error": ERROR_429})
             return
+        if fault == "429-after":
+            handler.send_json(429, {"error": ERROR_429}, {"Retry-After": "30"})
+            return
         if fault == "500":
             handler.send_json(500, {"error": ERROR_500})
             return
@@ -369,11 +376,14 @@ class FakeOllamaServer(FakeServer):
         def encode_thinking(tok: str) -> bytes:
             return (pre + rfc3339() + think_mid + jstr(tok) + post).encode()
 
-        handler.begin_stream(200, NDJSON)
+        handler.begin_stream(200, NDJSON, until_close=fault == "cut-close")
         sent = emit_tokens(handler, plan, pacer, encode_thinking, encode_content)
         if plan.cut is not None:
             if fault == "disconnect":
                 handler.abort()
+                return
+            if fault in CLEAN_CUTS:
+                handler.end_stream()  # no done line
                 return
             # Ollama reports failures after the headers as an {"error": ...} line.
             handler.write_chunk(dumps({"error": ERROR_STREAM}) + b"\n")
