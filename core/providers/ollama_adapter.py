@@ -48,7 +48,8 @@ class OllamaProvider(Provider):
 
     def __init__(self, host: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
         self.host = self.url = host.rstrip("/")
-        self.client = ollama.AsyncClient(host=self.host, timeout=timeout)
+        self.client = ollama.AsyncClient(host=self.host, timeout=timeout,
+                                         event_hooks={"response": [_keep_retry_after]})
 
     def models(self) -> list[str]:
         """Names of the models pulled on this server."""
@@ -144,6 +145,25 @@ class OllamaProvider(Provider):
                              else None, **extra)
 
 
+class RateLimited(ollama.ResponseError):
+    """A 429 with the Retry-After the ollama package would drop (it keeps no headers)."""
+
+    def __init__(self, error: str, retry_after: str | None) -> None:
+        super().__init__(error, 429)
+        self.retry_after = retry_after
+
+
+async def _keep_retry_after(response: httpx.Response) -> None:
+    """httpx response hook: a 429 becomes RateLimited, carrying the server's Retry-After."""
+    if response.status_code == 429:
+        await response.aread()
+        try:
+            error = response.json().get("error") or response.text
+        except ValueError:
+            error = response.text
+        raise RateLimited(str(error), response.headers.get("retry-after"))
+
+
 def _pull_missing(detail: str) -> bool:
     words = detail.lower()
     return "file does not exist" in words or "not found" in words
@@ -160,7 +180,9 @@ def _classify(
         if status in (401, 403):
             return ErrorKind.AUTH, None, {}
         if status == 429:
-            # The ollama package drops the response headers: no Retry-After to quote.
+            after = getattr(exc, "retry_after", None)
+            if after:
+                return ErrorKind.RATE_LIMITED, None, {"retry_after": after}
             return ErrorKind.RATE_LIMITED, "error.rate_limited_wait", {}
         if "context" in words:
             return ErrorKind.CONTEXT_TOO_LONG, None, {}

@@ -60,6 +60,7 @@ class OllamaModel:
     size: int = 1_321_098_329
     context_length: int = 131_072
     thinking: bool = False
+    embedding: bool = False  # an embedding model: /api/chat refuses it
 
     @property
     def digest(self) -> str:
@@ -81,6 +82,8 @@ class OllamaModel:
     @property
     def capabilities(self) -> list[str]:
         """Capabilities reported by /api/show."""
+        if self.embedding:
+            return ["embedding"]
         return ["completion", "thinking"] if self.thinking else ["completion"]
 
 
@@ -95,6 +98,16 @@ BUILTIN_MODELS: tuple[OllamaModel, ...] = (
         size=522_653_767,
         context_length=40_960,
         thinking=True,
+    ),
+    OllamaModel(
+        "nomic-embed-text:latest",
+        family="nomic-bert",
+        parameter_size="137M",
+        parameter_count=136_727_040,
+        quantization_level="F16",
+        size=274_302_450,
+        context_length=2048,
+        embedding=True,
     ),
 )
 
@@ -289,6 +302,9 @@ class FakeOllamaServer(FakeServer):
         model = self.models.get(normalize(name))
         if model is None:
             handler.send_json(404, {"error": f'model "{name}" not found, try pulling it first'})
+            return
+        if model.embedding:
+            handler.send_json(400, {"error": f'"{name}" does not support chat'})
             return
         fault = self.resolve_fault(name)
         think = body.get("think")
