@@ -24,6 +24,7 @@ from core.providers.base import (
     Usage,
     redact,
 )
+from core.providers.network import proxy_for
 
 # The ollama client waits forever by default; loading a large model can take minutes.
 TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
@@ -46,9 +47,13 @@ class PullProgress:
 class OllamaProvider(Provider):
     """One Ollama server."""
 
-    def __init__(self, host: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(
+        self, host: str, *, timeout: httpx.Timeout = TIMEOUT, proxy: str | None = None
+    ) -> None:
         self.host = self.url = host.rstrip("/")
+        # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
         self.client = ollama.AsyncClient(host=self.host, timeout=timeout,
+                                         proxy=proxy_for(self.host, proxy), trust_env=False,
                                          event_hooks={"response": [_keep_retry_after]})
 
     def models(self) -> list[str]:

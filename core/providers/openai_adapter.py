@@ -21,6 +21,7 @@ from core.providers.base import (
     Usage,
     redact,
 )
+from core.providers.network import proxy_for
 
 # Reasoning models can think for minutes before the first token; connecting should be quick.
 TIMEOUT = openai.Timeout(connect=10.0, read=300.0, write=30.0, pool=10.0)
@@ -50,6 +51,7 @@ class OpenAIProvider(Provider):
         models: tuple[str, ...] = (),
         timeout: openai.Timeout = TIMEOUT,
         max_retries: int = MAX_RETRIES,
+        proxy: str | None = None,
     ) -> None:
         self._api_key = api_key
         self._fixed_models = models
@@ -57,6 +59,10 @@ class OpenAIProvider(Provider):
         # A missing key would make the SDK raise at construction; let the server say 401 instead,
         # as keyless local servers (vLLM, LM Studio, llama.cpp) accept any key.
         key = api_key or "none"
+        target = azure_endpoint or base_url or "https://api.openai.com/v1"
+        # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
+        http_client = openai.DefaultAsyncHttpxClient(proxy=proxy_for(target, proxy),
+                                                     trust_env=False)
         if self.is_azure:
             self.client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
                 api_key=key,
@@ -64,10 +70,12 @@ class OpenAIProvider(Provider):
                 api_version=api_version,
                 timeout=timeout,
                 max_retries=max_retries,
+                http_client=http_client,
             )
         else:
             self.client = openai.AsyncOpenAI(
-                api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries
+                api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                http_client=http_client,
             )
         self.url = str(self.client.base_url).rstrip("/")
         self.is_openai = (urlparse(self.url).hostname or "") == "api.openai.com"
