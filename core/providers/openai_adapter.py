@@ -191,7 +191,8 @@ def _classify(
         return ErrorKind.CONTENT_FILTER, None, {}
     if status in (400, 404) and "not a chat model" in words:
         return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
-    if status in (400, 404) and "model" in words and _says_missing(words):
+    if status in (400, 404) and ("model" in words or "deployment" in words) \
+            and _says_missing(words):
         return ErrorKind.MODEL_NOT_FOUND, None, {}
     if status == 404:
         return ErrorKind.BAD_REQUEST, "error.wrong_path", {}
@@ -205,7 +206,8 @@ def _classify(
 
 def _says_missing(words: str) -> bool:
     return any(w in words for w in ("not found", "not exist", "does not exist", "model_not_found",
-                                    "no such", "unknown model", "invalid model"))
+                                    "no such", "unknown model", "invalid model",
+                                    "deploymentnotfound"))
 
 
 def _server_message(exc: Exception) -> str:

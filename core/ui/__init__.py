@@ -2,7 +2,7 @@
 
 from core.ui.chat import clean_prompt, send, show_message
 from core.ui.errors import show_config_error, show_error
-from core.ui.pickers import Choice, cached_models, model_picker, params_picker
+from core.ui.pickers import Choice, cached_models, model_picker, params_picker, store_models
 from core.ui.session import (
     add_session_endpoint,
     current_user,
@@ -28,4 +28,5 @@ __all__ = [
     "show_config_error",
     "show_error",
     "show_message",
+    "store_models",
 ]
