@@ -234,7 +234,8 @@ def load_endpoints(
 def local_ollama(host: str = DEFAULT_HOST, timeout: float = 0.3) -> Endpoint | None:
     """The Ollama answering at the default host, if any: used without asking."""
     try:
-        httpx.get(f"{host}/api/version", timeout=timeout).raise_for_status()
+        # trust_env=False: a SOCKS/HTTP proxy from the environment must not carry loopback.
+        httpx.get(f"{host}/api/version", timeout=timeout, trust_env=False).raise_for_status()
     except httpx.HTTPError:
         return None
     return Endpoint("Ollama", "ollama", host, preset="ollama", source="auto")

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from core import aio
+from core.i18n import t
 from core.providers import ErrorKind, Message, OllamaProvider, Params, ProviderError
 from tests.fakes import FakeOllamaServer
 from tests.fakes.common import reply_tokens
@@ -120,3 +121,54 @@ def test_cancelling_the_task_drops_the_connection(moment):
         wait_until(lambda: reply.total is not None, what="the reply to settle")
         assert reply.text == "" if slow else reply.text.startswith("Echo")
         assert not reply.complete
+
+
+@pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])
+def test_a_stream_that_ends_cleanly_part_way_is_an_error(ollama_server, fault):
+    reply = OllamaProvider(ollama_server.url).stream(f"fault-{fault}", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.kind == ErrorKind.CONNECTION and caught.value.hint == "error.interrupted"
+    full = "".join(reply_tokens("你好 Ollama", 12))
+    assert reply.text and full.startswith(reply.text) and reply.text != full
+    assert not reply.complete and reply.usage.estimated
+
+
+def test_an_empty_answer_says_so(ollama_server):
+    reply = OllamaProvider(ollama_server.url).stream("fault-empty", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.hint == "error.empty_answer"
+    assert caught.value.context["model"] == "fault-empty"
+
+
+def test_rate_limit_without_retry_after_names_no_number(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(OllamaProvider(ollama_server.url).stream("fault-429", HELLO, Params()))
+    err = caught.value
+    assert err.kind == ErrorKind.RATE_LIMITED and err.hint == "error.rate_limited_wait"
+    assert err.http_status == 429 and "retry_after" not in err.context
+    assert "?" not in t(err.hint, **err.context)
+
+
+def test_rate_limit_quotes_the_servers_retry_after(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(OllamaProvider(ollama_server.url).stream("fault-429-after", HELLO, Params()))
+    assert caught.value.hint == "error.rate_limited"
+    assert caught.value.context["retry_after"] == "30"
+    assert "30" in t(caught.value.hint, **caught.value.context)
+
+
+def test_pulling_a_model_that_does_not_exist_says_so(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        list(OllamaProvider(ollama_server.url).pull("missing-model"))
+    assert caught.value.kind == ErrorKind.MODEL_NOT_FOUND
+    assert caught.value.hint == "error.pull_missing"
+    assert caught.value.context["model"] == "missing-model"
+
+
+def test_chatting_with_an_embedding_model_says_it_is_not_a_chat_model(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(OllamaProvider(ollama_server.url).stream("nomic-embed-text", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"
+    assert caught.value.http_status == 400

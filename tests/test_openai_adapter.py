@@ -169,3 +169,90 @@ def test_cancelling_the_task_drops_the_connection(moment):
         wait_until(lambda: reply.total is not None, what="the reply to settle")
         assert reply.text == "" if slow else reply.text.startswith("Echo")
         assert not reply.complete
+
+
+@pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])
+def test_a_stream_that_ends_cleanly_part_way_is_an_error(openai_server, fault):
+    reply = provider(openai_server).stream(f"fault-{fault}", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.kind == ErrorKind.CONNECTION and caught.value.hint == "error.interrupted"
+    assert caught.value.context["url"] == openai_server.url
+    full = "".join(reply_tokens("Hello there", 12))
+    assert reply.text and full.startswith(reply.text) and reply.text != full
+    assert not reply.complete and reply.usage.estimated and reply.total is not None
+
+
+def test_only_the_role_chunk_then_done_says_the_answer_was_empty(openai_server):
+    reply = provider(openai_server).stream("fault-empty", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.hint == "error.empty_answer" and reply.text == ""
+
+
+def test_finish_reason_length_ends_normally(openai_server):
+    reply = provider(openai_server).stream("gpt-4o-mini", HELLO, Params(max_tokens=3))
+    assert drain(reply) == "Echo: Hello"
+    assert reply.finish_reason == "length" and reply.complete
+
+
+def test_content_filter_is_an_error_with_the_partial_text(openai_server):
+    reply = provider(openai_server).stream("fault-content-filter", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.kind == ErrorKind.CONTENT_FILTER
+    assert reply.text.startswith("Echo") and reply.finish_reason == "content_filter"
+
+
+def test_the_server_reported_model_is_kept(openai_server):
+    azure = OpenAIProvider(api_key=API_KEY, azure_endpoint=openai_server.url.removesuffix("/v1"),
+                           api_version="2024-10-21", models=("gpt-4o-mini",), max_retries=0)
+    reply = azure.stream("gpt-4o-mini", HELLO, Params())
+    drain(reply)
+    assert reply.server_model == "gpt-4o-mini"  # Azure's first chunk has model "": skipped
+
+
+def test_an_old_azure_api_version_is_asked_again_without_stream_options(openai_server):
+    azure = OpenAIProvider(api_key=API_KEY, azure_endpoint=openai_server.url.removesuffix("/v1"),
+                           api_version="2024-02-01", models=("fault-old-azure",), max_retries=0)
+    before = len(openai_server.requests)
+    reply = azure.stream("fault-old-azure", HELLO, Params())
+    assert drain(reply).startswith("Echo: Hello there")
+    sent = openai_server.requests[before:]
+    assert ["stream_options" in body for body in sent] == [True, False]
+    assert reply.complete and reply.usage.estimated
+    drain(azure.stream("fault-old-azure", HELLO, Params()))  # remembered: asked once
+    assert "stream_options" not in openai_server.requests[-1]
+    assert len(openai_server.requests) == before + 3
+
+
+def test_errors_carry_the_http_status_and_request_id(openai_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(provider(openai_server).stream("fault-500", HELLO, Params()))
+    assert caught.value.http_status == 500
+    assert caught.value.request_id and caught.value.request_id.startswith("req_")
+
+
+def test_choosing_an_image_model_says_it_is_not_a_chat_model(openai_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(provider(openai_server).stream("dall-e-3", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"
+    assert caught.value.http_status == 404
+
+
+def test_a_failure_of_our_own_is_logged_with_its_traceback_and_no_key(openai_server, caplog):
+    secret = "sk-test-0123456789abcdef"
+    prov = provider(openai_server)
+
+    async def broken(*args, **kwargs):
+        raise ValueError(f"bug while holding {secret}")
+        yield  # pragma: no cover - makes this an async generator
+
+    prov._events = broken
+    with caplog.at_level("ERROR", logger="core.providers.base"), \
+            pytest.raises(ProviderError) as caught:
+        drain(prov.stream("gpt-4o-mini", HELLO, Params()))
+    assert caught.value.hint == "error.unexpected"
+    logged = caplog.text
+    assert "Traceback" in logged and "ValueError" in logged and "broken" in logged
+    assert secret not in logged

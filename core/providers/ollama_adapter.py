@@ -24,6 +24,7 @@ from core.providers.base import (
     Usage,
     redact,
 )
+from core.providers.network import proxy_for
 
 # The ollama client waits forever by default; loading a large model can take minutes.
 TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
@@ -46,9 +47,14 @@ class PullProgress:
 class OllamaProvider(Provider):
     """One Ollama server."""
 
-    def __init__(self, host: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(
+        self, host: str, *, timeout: httpx.Timeout = TIMEOUT, proxy: str | None = None
+    ) -> None:
         self.host = self.url = host.rstrip("/")
-        self.client = ollama.AsyncClient(host=self.host, timeout=timeout)
+        # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
+        self.client = ollama.AsyncClient(host=self.host, timeout=timeout,
+                                         proxy=proxy_for(self.host, proxy), trust_env=False,
+                                         event_hooks={"response": [_keep_retry_after]})
 
     def models(self) -> list[str]:
         """Names of the models pulled on this server."""
@@ -144,6 +150,25 @@ class OllamaProvider(Provider):
                              else None, **extra)
 
 
+class RateLimited(ollama.ResponseError):
+    """A 429 with the Retry-After the ollama package would drop (it keeps no headers)."""
+
+    def __init__(self, error: str, retry_after: str | None) -> None:
+        super().__init__(error, 429)
+        self.retry_after = retry_after
+
+
+async def _keep_retry_after(response: httpx.Response) -> None:
+    """httpx response hook: a 429 becomes RateLimited, carrying the server's Retry-After."""
+    if response.status_code == 429:
+        await response.aread()
+        try:
+            error = response.json().get("error") or response.text
+        except ValueError:
+            error = response.text
+        raise RateLimited(str(error), response.headers.get("retry-after"))
+
+
 def _pull_missing(detail: str) -> bool:
     words = detail.lower()
     return "file does not exist" in words or "not found" in words
@@ -160,7 +185,9 @@ def _classify(
         if status in (401, 403):
             return ErrorKind.AUTH, None, {}
         if status == 429:
-            # The ollama package drops the response headers: no Retry-After to quote.
+            after = getattr(exc, "retry_after", None)
+            if after:
+                return ErrorKind.RATE_LIMITED, None, {"retry_after": after}
             return ErrorKind.RATE_LIMITED, "error.rate_limited_wait", {}
         if "context" in words:
             return ErrorKind.CONTEXT_TOO_LONG, None, {}

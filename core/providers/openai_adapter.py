@@ -21,6 +21,7 @@ from core.providers.base import (
     Usage,
     redact,
 )
+from core.providers.network import proxy_for
 
 # Reasoning models can think for minutes before the first token; connecting should be quick.
 TIMEOUT = openai.Timeout(connect=10.0, read=300.0, write=30.0, pool=10.0)
@@ -50,6 +51,7 @@ class OpenAIProvider(Provider):
         models: tuple[str, ...] = (),
         timeout: openai.Timeout = TIMEOUT,
         max_retries: int = MAX_RETRIES,
+        proxy: str | None = None,
     ) -> None:
         self._api_key = api_key
         self._fixed_models = models
@@ -57,6 +59,10 @@ class OpenAIProvider(Provider):
         # A missing key would make the SDK raise at construction; let the server say 401 instead,
         # as keyless local servers (vLLM, LM Studio, llama.cpp) accept any key.
         key = api_key or "none"
+        target = azure_endpoint or base_url or "https://api.openai.com/v1"
+        # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
+        http_client = openai.DefaultAsyncHttpxClient(proxy=proxy_for(target, proxy),
+                                                     trust_env=False)
         if self.is_azure:
             self.client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
                 api_key=key,
@@ -64,13 +70,17 @@ class OpenAIProvider(Provider):
                 api_version=api_version,
                 timeout=timeout,
                 max_retries=max_retries,
+                http_client=http_client,
             )
         else:
             self.client = openai.AsyncOpenAI(
-                api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries
+                api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                http_client=http_client,
             )
         self.url = str(self.client.base_url).rstrip("/")
         self.is_openai = (urlparse(self.url).hostname or "") == "api.openai.com"
+        # What the endpoint accepts (not per-call state): False once it refused stream_options.
+        self.stream_options = True
 
     @property
     def base_url(self) -> str:
@@ -95,8 +105,9 @@ class OpenAIProvider(Provider):
             "model": model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if self.stream_options:
+            body["stream_options"] = {"include_usage": True}
         if params.temperature is not None:
             body["temperature"] = params.temperature
         if params.top_p is not None:
@@ -112,9 +123,17 @@ class OpenAIProvider(Provider):
     async def _events(
         self, model: str, messages: list[Message], params: Params
     ) -> AsyncIterator[Event]:
-        stream = await self.client.chat.completions.create(
-            **self._request(model, messages, params)
-        )
+        body = self._request(model, messages, params)
+        try:
+            stream = await self.client.chat.completions.create(**body)
+        except openai.BadRequestError as exc:
+            # Azure api-versions before 2024-09-01 reject stream_options: ask again without it
+            # (usage is then estimated and flagged), and remember it for this endpoint.
+            if "stream_options" not in body or "stream_options" not in str(exc.message):
+                raise
+            self.stream_options = False
+            del body["stream_options"]
+            stream = await self.client.chat.completions.create(**body)
         seen_model = False
         async with stream:  # closes the response however the loop ends, cancellation included
             async for chunk in stream:
@@ -172,7 +191,8 @@ def _classify(
         return ErrorKind.CONTENT_FILTER, None, {}
     if status in (400, 404) and "not a chat model" in words:
         return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
-    if status in (400, 404) and "model" in words and _says_missing(words):
+    if status in (400, 404) and ("model" in words or "deployment" in words) \
+            and _says_missing(words):
         return ErrorKind.MODEL_NOT_FOUND, None, {}
     if status == 404:
         return ErrorKind.BAD_REQUEST, "error.wrong_path", {}
@@ -186,7 +206,8 @@ def _classify(
 
 def _says_missing(words: str) -> bool:
     return any(w in words for w in ("not found", "not exist", "does not exist", "model_not_found",
-                                    "no such", "unknown model", "invalid model"))
+                                    "no such", "unknown model", "invalid model",
+                                    "deploymentnotfound"))
 
 
 def _server_message(exc: Exception) -> str:

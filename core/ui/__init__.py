@@ -3,7 +3,7 @@
 from core.ui.calls import mark_interrupted_calls
 from core.ui.chat import clean_prompt, send, show_history, show_message, stop_reply
 from core.ui.errors import show_config_error, show_error
-from core.ui.pickers import Choice, cached_models, model_picker, params_picker
+from core.ui.pickers import Choice, cached_models, model_picker, params_picker, store_models
 from core.ui.session import (
     add_session_endpoint,
     current_user,
@@ -34,4 +34,5 @@ __all__ = [
     "show_message",
     "show_run",
     "stop_reply",
+    "store_models",
 ]

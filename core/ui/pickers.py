@@ -39,6 +39,11 @@ def cached_models(endpoint: Endpoint, *, refresh: bool = False) -> list[str]:
     return found
 
 
+def store_models(endpoint: Endpoint, models: list[str]) -> None:
+    """Keep a list of models the server just gave (a connection test) for the pickers."""
+    st.session_state.setdefault("_models", {})[endpoint] = list(models)
+
+
 def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> Choice | None:
     """Endpoint and model selectors in the sidebar; None until both are chosen.
 

@@ -36,7 +36,16 @@ COMMON_FAULTS: tuple[str, ...] = (
     "context",
     "reasoning",
     "stream-error",
+    # The stream ends cleanly part-way, as a proxy or a crashed worker makes it: the body is
+    # delimited by closing the connection (HTTP/1.1 without length or chunking) ...
+    "cut-close",
+    # ... or the chunked body is properly terminated (0-length chunk) before the end.
+    "cut-chunked",
+    # Nothing but the opening (OpenAI: the role chunk, then [DONE]; Ollama: a done line).
+    "empty",
 )
+# Faults that end a streamed body cleanly before the server's end-of-answer signal.
+CLEAN_CUTS: tuple[str, ...] = ("cut-close", "cut-chunked")
 FAULT_PREFIX = "fault-"
 # Out-of-band control endpoint, so a separate process (e2e, a person) can flip settings.
 CONTROL_PATH = "/_fake/config"
@@ -141,8 +150,13 @@ def make_plan(
         content = content[:limit]
         finish = "length"
     plan = ReplyPlan(list(THINKING_TOKENS) if thinking else [], content, finish)
-    if fault in ("disconnect", "stream-error"):
+    if fault in ("disconnect", "stream-error", *CLEAN_CUTS):
         plan.cut = max(1, plan.total // 2)
+    elif fault == "empty":
+        plan.thinking, plan.content = [], []
+    elif fault == "content-filter":
+        plan.content = plan.content[: max(1, len(plan.content) // 2)]
+        plan.finish_reason = "content_filter"
     return plan
 
 
@@ -304,6 +318,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.headers_sent = False
+        self.chunked = True
         self.started = time.monotonic()
         self.started_ns = time.time_ns()
         # Always consume the body first: replying early would desync a keep-alive connection.
@@ -386,24 +401,45 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.send_bytes(status, dumps(obj), "application/json; charset=utf-8", headers)
 
     def begin_stream(
-        self, status: int, content_type: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        *,
+        until_close: bool = False,
     ) -> None:
-        """Send headers for a chunked stream (so a cut connection is detectable by clients)."""
+        """Send headers for a chunked stream (so a cut connection is detectable by clients).
+
+        `until_close` sends an HTTP/1.1 body delimited by closing the connection instead (no
+        length, no chunking), as some proxies do: the client cannot tell a cut from an end."""
         self._head(status, headers)
         self.send_header("Content-Type", content_type)
-        self.send_header("Transfer-Encoding", "chunked")
+        self.chunked = not until_close
+        if self.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.headers_sent = True
 
     def write_chunk(self, data: bytes) -> None:
         """Write one chunk in a single send."""
-        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if self.chunked:
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.wfile.write(data)
         self.wfile.flush()
 
     def end_stream(self) -> None:
-        """Write the terminating zero-length chunk."""
-        self.wfile.write(b"0\r\n\r\n")
+        """End the body cleanly: the zero-length chunk, or closing the connection."""
+        if self.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
         self.wfile.flush()
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
 
     def abort(self) -> None:
         """Cut the connection abruptly: no terminating chunk, no further bytes."""
