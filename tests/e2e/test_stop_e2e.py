@@ -89,3 +89,21 @@ def test_stop_while_the_first_token_is_coming_drops_the_request(app, browser, e2
     expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Please stop me")
     rows = wait_rows(app, lambda rows: rows and rows[-1]["status"] != "running")
     assert rows[-1]["status"] == "stopped" and rows[-1]["input_tokens"] > 0
+
+
+def test_a_message_sent_while_an_answer_streams_stops_it_and_is_answered(
+        app, browser, long_answers):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "Long one")
+    expect(assistants(page).last).to_contain_text("▌")
+    send(page, "Next one")  # no Stop click: the new message replaces the stream
+    expect(assistants(page).nth(1)).to_contain_text("tokens/s", timeout=15_000)
+    first, second = assistants(page).nth(0), assistants(page).nth(1)
+    expect(first).to_contain_text(STOPPED)
+    expect(second).to_contain_text("Echo: Next one")
+    users = page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarUser"))
+    expect(users).to_have_count(2)
+    rows = wait_rows(app, lambda rows: len(rows) >= 2 and rows[-1]["status"] != "running")
+    assert [r["status"] for r in rows[-2:]] == ["stopped", "ok"]
