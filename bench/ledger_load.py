@@ -63,12 +63,18 @@ def child(url: str, calls: int) -> dict[str, object]:
     logging.getLogger("core.metering").addHandler(counter)
     endpoint = make_endpoint("Fake", "custom", base_url=url, api_key=API_KEY, source="env")
     store.engine()  # tables exist before the clock starts, as in a running app
+    settled: dict[int, float] = {}  # id(call) -> when its row was complete (on_end)
     started = time.perf_counter()
     run = Run([Call(endpoint, "gpt-4o-mini", [Message("user", f"Question {i}")],
-                    user_id="bench") for i in range(calls)]).start()
+                    user_id="bench") for i in range(calls)],
+              on_end=lambda c: settled.__setitem__(id(c), time.perf_counter())).start()
     run.wait()
     errors = [str(c.error) for c in run.calls if c.error is not None]
+    # From the answer's last chunk to its row complete: what the shared log costs a call.
+    lags = sorted(settled[id(c)] - (c.reply.started or 0.0) - (c.reply.total or 0.0)
+                  for c in run.calls)
     return {"seconds": time.perf_counter() - started,
+            "row_lag_ms": (lags[len(lags) // 2] * 1e3, lags[-1] * 1e3),
             "statuses": sorted(c.status for c in run.calls), "errors": errors,
             "locked_retries": counter.locked, "write_failures": counter.failed,
             "rows_written": sum(c.row_id is not None for c in run.calls)}
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.calls} calls at once over {args.processes} process(es) "
           f"({', '.join(map(str, share))}); 200 tokens at 100 tokens/s each; heartbeat 0.2 s")
     for i, r in enumerate(results):
-        print(f"process {i}: all calls ended after {r['seconds']:.2f} s; "
+        print(f"process {i}: all calls ended after {r['seconds']:.2f} s; answer end -> row "
+              f"complete median {r['row_lag_ms'][0]:.1f} ms, max {r['row_lag_ms'][1]:.1f} ms; "
               f"rows written {r['rows_written']}; locked-database retries "
               f"{r['locked_retries']}; write failures {r['write_failures']}")
     print(f"wall time {wall:.2f} s (with process start-up); rows by status {by_status}; "
