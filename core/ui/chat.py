@@ -107,10 +107,13 @@ def send(
     messages = [Message("system", system)] if system.strip() else []
     messages += [Message(m["role"], m["content"]) for m in history if m["content"]]
     reply: dict[str, Any] = {"role": "assistant", "content": "", "model": choice.model}
-    history.append(reply)  # kept even if the run is stopped mid-stream
     call = Call(choice.endpoint, choice.model, messages, params, user_id=user, source="chat")
-    run = Run([call], on_end=functools.partial(_settle, reply)).start()
+    run = Run([call], on_end=functools.partial(_settle, reply))
+    # Registered before it starts: writing state is where a pending rerun takes effect, and
+    # a run that went out must always be the one the next script run finds.
     st.session_state[_ACTIVE] = (run, reply)
+    history.append(reply)  # kept even if the run is stopped mid-stream
+    run.start()
     _follow(run, reply)
 
 
