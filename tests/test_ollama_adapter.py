@@ -172,3 +172,9 @@ def test_chatting_with_an_embedding_model_says_it_is_not_a_chat_model(ollama_ser
         drain(OllamaProvider(ollama_server.url).stream("nomic-embed-text", HELLO, Params()))
     assert caught.value.hint == "error.not_chat_model"
     assert caught.value.http_status == 400
+
+
+def test_embedding_models_are_left_out_by_their_capabilities(ollama_server):
+    models = OllamaProvider(ollama_server.url).models()
+    assert "llama3.2:1b" in models and "qwen3:0.6b" in models
+    assert "nomic-embed-text:latest" not in models  # /api/show: capabilities ["embedding"]

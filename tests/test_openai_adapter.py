@@ -256,3 +256,11 @@ def test_a_failure_of_our_own_is_logged_with_its_traceback_and_no_key(openai_ser
     logged = caplog.text
     assert "Traceback" in logged and "ValueError" in logged and "broken" in logged
     assert secret not in logged
+
+
+def test_non_chat_models_are_out_of_the_list_but_still_typeable(openai_server):
+    models = provider(openai_server).models()
+    assert not {"text-embedding-3-small", "dall-e-3", "whisper-1", "tts-1"} & set(models)
+    with pytest.raises(ProviderError) as caught:  # typed anyway: the server's own answer
+        drain(provider(openai_server).stream("text-embedding-3-small", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"

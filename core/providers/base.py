@@ -323,6 +323,17 @@ class Provider:
         return ()
 
 
+# Any server's models whose names say they cannot chat: embedding, audio, image, moderation.
+NOT_CHAT_WORDS = ("embed", "whisper", "tts", "dall-e", "moderation", "rerank", "transcribe",
+                  "speech", "gpt-image", "imagen", "stable-diffusion")
+
+
+def looks_like_chat(model_id: str) -> bool:
+    """A guess by name for servers that say nothing about what a model can do."""
+    name = model_id.lower()
+    return not any(word in name for word in NOT_CHAT_WORDS)
+
+
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
 
 

@@ -19,6 +19,7 @@ from core.providers.base import (
     ProviderError,
     Thinking,
     Usage,
+    looks_like_chat,
     redact,
 )
 from core.providers.network import proxy_for
@@ -88,14 +89,16 @@ class OpenAIProvider(Provider):
         return self.url
 
     def models(self) -> list[str]:
-        """Chat model ids: the configured list if any (Azure deployments), else the server's."""
+        """Chat model ids: the configured list if any (Azure deployments), else the server's
+        less those whose names say they cannot chat."""
         if self._fixed_models:
             return list(self._fixed_models)
         try:
             ids = sorted(aio.run(self._list_models()))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self.error(exc) from None
-        return [i for i in ids if is_chat_model(i)] if self.is_openai else ids
+        # Out of the picker, still typeable: the model box accepts any name.
+        return [i for i in ids if (is_chat_model if self.is_openai else looks_like_chat)(i)]
 
     async def _list_models(self) -> list[str]:
         return [m.id async for m in self.client.models.list()]
