@@ -212,3 +212,20 @@ def test_the_endpoint_default_model_is_chosen_first(db, openai_server):
     assert picker.value == "gpt-4o"
     assert "text-embedding-3-small" not in picker.options and "dall-e-3" not in picker.options
     assert not at.chat_input[0].disabled
+
+
+def test_the_app_starts_under_a_socks_proxy_and_reaches_a_local_ollama(
+    db, monkeypatch, ollama_server
+):
+    """Clash's ALL_PROXY=socks5://127.0.0.1:7890, here with nothing listening on it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"socks5://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("ALL_PROXY", dead)
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    at = app().run()
+    assert not at.exception and not at.error
+    assert "llama3.2:1b" in at.sidebar.selectbox(key="chat_model_Ollama").options

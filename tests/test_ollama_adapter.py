@@ -178,3 +178,18 @@ def test_embedding_models_are_left_out_by_their_capabilities(ollama_server):
     models = OllamaProvider(ollama_server.url).models()
     assert "llama3.2:1b" in models and "qwen3:0.6b" in models
     assert "nomic-embed-text:latest" not in models  # /api/show: capabilities ["embedding"]
+
+
+def test_a_failure_of_our_own_is_logged_with_its_traceback(ollama_server, caplog):
+    prov = OllamaProvider(ollama_server.url)
+
+    async def broken(*args, **kwargs):
+        raise KeyError("a bug of ours")
+        yield  # pragma: no cover - makes this an async generator
+
+    prov._events = broken
+    with caplog.at_level("ERROR", logger="core.providers.base"), \
+            pytest.raises(ProviderError) as caught:
+        drain(prov.stream("llama3.2:1b", HELLO, Params()))
+    assert caught.value.hint == "error.unexpected"
+    assert "Traceback" in caplog.text and "a bug of ours" in caplog.text
