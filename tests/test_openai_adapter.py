@@ -151,13 +151,17 @@ def wait_until(check, timeout=5.0, what="condition"):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("moment", ["before the first token", "mid-answer"])
-def test_cancelling_the_task_drops_the_connection(moment):
-    slow = moment == "before the first token"
+@pytest.mark.parametrize(
+    ("moment", "model"),
+    [("before the headers", "fault-slow-headers"), ("before the first token", "fault-slow"),
+     ("mid-answer", "gpt-4o-mini")],
+)
+def test_cancelling_the_task_drops_the_connection(moment, model):
+    slow = moment != "mid-answer"
     with FakeOpenAIServer(api_key=None, slow_first_token=30, rate=0 if slow else 100,
                           tokens=5000) as server:
         reply = OpenAIProvider(api_key="none", base_url=server.url, max_retries=0).stream(
-            "fault-slow" if slow else "gpt-4o-mini", HELLO, Params())
+            model, HELLO, Params())
         future = aio.submit(collect(reply))
         if slow:
             wait_until(lambda: server.requests, what="the request to arrive")
