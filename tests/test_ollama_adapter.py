@@ -139,6 +139,7 @@ def test_an_empty_answer_says_so(ollama_server):
     with pytest.raises(ProviderError) as caught:
         drain(reply)
     assert caught.value.hint == "error.empty_answer"
+    assert caught.value.kind == ErrorKind.SERVER  # the done line came: the server said so
     assert caught.value.context["model"] == "fault-empty"
 
 

@@ -192,6 +192,7 @@ def test_only_the_role_chunk_then_done_says_the_answer_was_empty(openai_server):
     with pytest.raises(ProviderError) as caught:
         drain(reply)
     assert caught.value.hint == "error.empty_answer" and reply.text == ""
+    assert caught.value.kind == ErrorKind.CONNECTION  # [DONE] is swallowed: no end signal
 
 
 def test_finish_reason_length_ends_normally(openai_server):
