@@ -192,7 +192,7 @@ def _classify(
         return ErrorKind.CONTEXT_TOO_LONG, None, {}
     if "content_filter" in words or "content management policy" in words:
         return ErrorKind.CONTENT_FILTER, None, {}
-    if status in (400, 404) and "not a chat model" in words:
+    if status in (400, 404) and any(w in words for w in _NOT_CHAT_SAYINGS):
         return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
     if status in (400, 404) and ("model" in words or "deployment" in words) \
             and _says_missing(words):
@@ -205,6 +205,11 @@ def _classify(
         return ErrorKind.SERVER, None, {}
     # Not the SDK's: a proxy answering HTML, a broken JSON line, a bug of ours.
     return ErrorKind.SERVER, "error.unexpected", {}
+
+
+# How OpenAI, vLLM and others refuse a chat with an image, embedding or audio model.
+_NOT_CHAT_SAYINGS = ("not a chat model", "does not support chat", "chat completions api",
+                     "not supported in the v1/chat/completions")
 
 
 def _says_missing(words: str) -> bool:
