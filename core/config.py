@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 Kind = Literal["openai", "azure", "ollama"]
 AZURE_API_VERSION = "2024-10-21"
 DEFAULT_HOST = "http://127.0.0.1:11434"  # where a local Ollama listens
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")  # what httpx (with socksio) speaks
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,9 @@ def make_endpoint(
         url = normalize_base_url(url, preset.kind)
     if preset.kind != "ollama" and not (api_key or "").strip() and not is_local_url(url):
         raise ConfigError("config.key_required", name=name)
+    proxy = (proxy or "").strip() or None
+    if proxy and (urlparse(proxy).scheme not in PROXY_SCHEMES or not urlparse(proxy).hostname):
+        raise ConfigError("config.bad_proxy", name=name, proxy=proxy[:200])
     return Endpoint(
         name=name.strip() or preset.label,
         kind=preset.kind,
@@ -188,7 +192,7 @@ def make_endpoint(
         models=tuple(m.strip() for m in models if m and m.strip()),
         source=source,
         default_model=(default_model or "").strip() or None,
-        proxy=(proxy or "").strip() or None,
+        proxy=proxy,
         pricing=pricing,
     )
 

@@ -114,3 +114,19 @@ def test_the_default_model_comes_from_the_endpoint_then_its_preset():
     assert default_model_for(openai_ep, ["gpt-4o", "gpt-4.1-mini"]) == "gpt-4.1-mini"
     for preset in ("openai", "deepseek", "qwen", "moonshot", "zhipu", "gemini"):
         assert PRESETS[preset].default_models, preset
+
+
+def test_an_endpoint_proxy_is_checked():
+    ok = make_endpoint("x", "openai", api_key="sk-x-123456789", proxy=" socks5://127.0.0.1:7890 ")
+    assert ok.proxy == "socks5://127.0.0.1:7890"
+    with pytest.raises(ConfigError) as caught:
+        make_endpoint("x", "openai", api_key="sk-x-123456789", proxy="127.0.0.1:7890")
+    assert caught.value.key == "config.bad_proxy"
+    env: dict[str, str] = {}
+    found, problems = load_endpoints(env, {"endpoints": [
+        {"name": "via clash", "preset": "deepseek", "api_key": "sk-x-123456789",
+         "proxy": "socks5h://127.0.0.1:7890"},
+        {"name": "bad", "preset": "deepseek", "api_key": "sk-x-123456789", "proxy": "ftp://x"},
+    ]})
+    assert [e.proxy for e in found] == ["socks5h://127.0.0.1:7890"]
+    assert [p.key for p in problems] == ["config.bad_proxy"]
