@@ -100,11 +100,14 @@ with st.form("add_endpoint", clear_on_submit=False):
     api_version = st.text_input(t("settings.api_version"), value="2024-10-21") \
         if preset.kind == "azure" else None
     models = st.text_input(t("settings.models"), help=t("settings.models_help"))
+    proxy = st.text_input(t("settings.proxy"), placeholder="socks5://127.0.0.1:7890",
+                          help=t("settings.proxy_help"))
     added = st.form_submit_button(t("settings.add_button"), icon=":material/add:", type="primary")
 if added:
     try:
         endpoint = make_endpoint(name, preset_id, base_url=base_url, api_key=api_key,
-                                 api_version=api_version, models=models.split(","))
+                                 api_version=api_version, models=models.split(","),
+                                 proxy=proxy)
     except ConfigError as err:
         ui.show_config_error(err)
     else:

@@ -139,6 +139,7 @@ def test_an_empty_answer_says_so(ollama_server):
     with pytest.raises(ProviderError) as caught:
         drain(reply)
     assert caught.value.hint == "error.empty_answer"
+    assert caught.value.kind == ErrorKind.SERVER  # the done line came: the server said so
     assert caught.value.context["model"] == "fault-empty"
 
 
@@ -172,3 +173,24 @@ def test_chatting_with_an_embedding_model_says_it_is_not_a_chat_model(ollama_ser
         drain(OllamaProvider(ollama_server.url).stream("nomic-embed-text", HELLO, Params()))
     assert caught.value.hint == "error.not_chat_model"
     assert caught.value.http_status == 400
+
+
+def test_embedding_models_are_left_out_by_their_capabilities(ollama_server):
+    models = OllamaProvider(ollama_server.url).models()
+    assert "llama3.2:1b" in models and "qwen3:0.6b" in models
+    assert "nomic-embed-text:latest" not in models  # /api/show: capabilities ["embedding"]
+
+
+def test_a_failure_of_our_own_is_logged_with_its_traceback(ollama_server, caplog):
+    prov = OllamaProvider(ollama_server.url)
+
+    async def broken(*args, **kwargs):
+        raise KeyError("a bug of ours")
+        yield  # pragma: no cover - makes this an async generator
+
+    prov._events = broken
+    with caplog.at_level("ERROR", logger="core.providers.base"), \
+            pytest.raises(ProviderError) as caught:
+        drain(prov.stream("llama3.2:1b", HELLO, Params()))
+    assert caught.value.hint == "error.unexpected"
+    assert "Traceback" in caplog.text and "a bug of ours" in caplog.text

@@ -151,13 +151,17 @@ def wait_until(check, timeout=5.0, what="condition"):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("moment", ["before the first token", "mid-answer"])
-def test_cancelling_the_task_drops_the_connection(moment):
-    slow = moment == "before the first token"
+@pytest.mark.parametrize(
+    ("moment", "model"),
+    [("before the headers", "fault-slow-headers"), ("before the first token", "fault-slow"),
+     ("mid-answer", "gpt-4o-mini")],
+)
+def test_cancelling_the_task_drops_the_connection(moment, model):
+    slow = moment != "mid-answer"
     with FakeOpenAIServer(api_key=None, slow_first_token=30, rate=0 if slow else 100,
                           tokens=5000) as server:
         reply = OpenAIProvider(api_key="none", base_url=server.url, max_retries=0).stream(
-            "fault-slow" if slow else "gpt-4o-mini", HELLO, Params())
+            model, HELLO, Params())
         future = aio.submit(collect(reply))
         if slow:
             wait_until(lambda: server.requests, what="the request to arrive")
@@ -188,6 +192,7 @@ def test_only_the_role_chunk_then_done_says_the_answer_was_empty(openai_server):
     with pytest.raises(ProviderError) as caught:
         drain(reply)
     assert caught.value.hint == "error.empty_answer" and reply.text == ""
+    assert caught.value.kind == ErrorKind.CONNECTION  # [DONE] is swallowed: no end signal
 
 
 def test_finish_reason_length_ends_normally(openai_server):
@@ -256,3 +261,11 @@ def test_a_failure_of_our_own_is_logged_with_its_traceback_and_no_key(openai_ser
     logged = caplog.text
     assert "Traceback" in logged and "ValueError" in logged and "broken" in logged
     assert secret not in logged
+
+
+def test_non_chat_models_are_out_of_the_list_but_still_typeable(openai_server):
+    models = provider(openai_server).models()
+    assert not {"text-embedding-3-small", "dall-e-3", "whisper-1", "tts-1"} & set(models)
+    with pytest.raises(ProviderError) as caught:  # typed anyway: the server's own answer
+        drain(provider(openai_server).stream("text-embedding-3-small", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"

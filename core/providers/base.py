@@ -135,9 +135,11 @@ class Reply:
     - a stream that just stops, however cleanly (a proxy closing the connection, a chunked
       body terminated early), raises `ProviderError(CONNECTION, hint="error.interrupted")`,
       the partial text kept;
-    - a stream that brought no text and no reasoning at all (e.g. only the role chunk, then
-      `[DONE]`) raises `ProviderError(SERVER, hint="error.empty_answer")`: the user is told
-      the answer was empty rather than shown nothing;
+    - a stream that brought no text and no reasoning at all raises a ProviderError with
+      hint "error.empty_answer" (the user is told the answer was empty rather than shown
+      nothing): kind CONNECTION when no end signal came (only the role chunk, then `[DONE]`,
+      which the SDK swallows, looks exactly like a connection closed after the role chunk),
+      kind SERVER when the server did say it was done;
     - `finish_reason == "content_filter"` raises `ProviderError(CONTENT_FILTER)`, partial
       text kept; `"length"` ends normally (the caller shows that the answer was cut at the
       token limit).
@@ -239,7 +241,9 @@ class Reply:
         if self.usage is None:
             self.usage = self.estimate_usage()
         if not self._text and not self._reasoning and self.finish_reason in EMPTY_FINISHES:
-            raise self._error(ProviderError(ErrorKind.SERVER, hint="error.empty_answer"), False)
+            # Without the end signal this is also a stream that just stopped: kind connection.
+            kind = ErrorKind.SERVER if self.complete else ErrorKind.CONNECTION
+            raise self._error(ProviderError(kind, hint="error.empty_answer"), False)
         if not self.complete:
             raise self._error(ProviderError(ErrorKind.CONNECTION, hint="error.interrupted"),
                               True)
@@ -321,6 +325,17 @@ class Provider:
     def _secrets(self) -> tuple[str | None, ...]:
         """Values to blank out of anything logged or shown."""
         return ()
+
+
+# Any server's models whose names say they cannot chat: embedding, audio, image, moderation.
+NOT_CHAT_WORDS = ("embed", "whisper", "tts", "dall-e", "moderation", "rerank", "transcribe",
+                  "speech", "gpt-image", "imagen", "stable-diffusion")
+
+
+def looks_like_chat(model_id: str) -> bool:
+    """A guess by name for servers that say nothing about what a model can do."""
+    name = model_id.lower()
+    return not any(word in name for word in NOT_CHAT_WORDS)
 
 
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)

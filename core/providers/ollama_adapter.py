@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from core.providers.base import (
     ProviderError,
     Thinking,
     Usage,
+    looks_like_chat,
     redact,
 )
 from core.providers.network import proxy_for
@@ -57,12 +59,19 @@ class OllamaProvider(Provider):
                                          event_hooks={"response": [_keep_retry_after]})
 
     def models(self) -> list[str]:
-        """Names of the models pulled on this server."""
+        """Names of the chat models pulled on this server (embedding models left out)."""
         try:
-            listing = aio.run(self.client.list())
+            return aio.run(self._chat_models())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self.error(exc) from None
-        return sorted(m.model for m in listing.models if m.model)
+
+    async def _chat_models(self) -> list[str]:
+        listing = await self.client.list()
+        names = sorted(m.model for m in listing.models if m.model)
+        # /api/show says what each model can do; asked all at once, it costs one round trip.
+        shown = await asyncio.gather(*(self.client.show(n) for n in names),
+                                     return_exceptions=True)
+        return [name for name, info in zip(names, shown, strict=True) if _can_chat(name, info)]
 
     def details(self, model: str) -> ModelInfo:
         """Family, size, quantization, context length and capabilities of one model."""
@@ -167,6 +176,14 @@ async def _keep_retry_after(response: httpx.Response) -> None:
         except ValueError:
             error = response.text
         raise RateLimited(str(error), response.headers.get("retry-after"))
+
+
+def _can_chat(name: str, shown: object) -> bool:
+    """Ollama's own word ("completion" in capabilities) first; else a guess by name."""
+    capabilities = getattr(shown, "capabilities", None)
+    if capabilities:
+        return "completion" in capabilities
+    return looks_like_chat(name)
 
 
 def _pull_missing(detail: str) -> bool:

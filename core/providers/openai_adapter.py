@@ -19,6 +19,7 @@ from core.providers.base import (
     ProviderError,
     Thinking,
     Usage,
+    looks_like_chat,
     redact,
 )
 from core.providers.network import proxy_for
@@ -88,14 +89,16 @@ class OpenAIProvider(Provider):
         return self.url
 
     def models(self) -> list[str]:
-        """Chat model ids: the configured list if any (Azure deployments), else the server's."""
+        """Chat model ids: the configured list if any (Azure deployments), else the server's
+        less those whose names say they cannot chat."""
         if self._fixed_models:
             return list(self._fixed_models)
         try:
             ids = sorted(aio.run(self._list_models()))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self.error(exc) from None
-        return [i for i in ids if is_chat_model(i)] if self.is_openai else ids
+        # Out of the picker, still typeable: the model box accepts any name.
+        return [i for i in ids if (is_chat_model if self.is_openai else looks_like_chat)(i)]
 
     async def _list_models(self) -> list[str]:
         return [m.id async for m in self.client.models.list()]
@@ -189,7 +192,7 @@ def _classify(
         return ErrorKind.CONTEXT_TOO_LONG, None, {}
     if "content_filter" in words or "content management policy" in words:
         return ErrorKind.CONTENT_FILTER, None, {}
-    if status in (400, 404) and "not a chat model" in words:
+    if status in (400, 404) and any(w in words for w in _NOT_CHAT_SAYINGS):
         return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
     if status in (400, 404) and ("model" in words or "deployment" in words) \
             and _says_missing(words):
@@ -202,6 +205,11 @@ def _classify(
         return ErrorKind.SERVER, None, {}
     # Not the SDK's: a proxy answering HTML, a broken JSON line, a bug of ours.
     return ErrorKind.SERVER, "error.unexpected", {}
+
+
+# How OpenAI, vLLM and others refuse a chat with an image, embedding or audio model.
+_NOT_CHAT_SAYINGS = ("not a chat model", "does not support chat", "chat completions api",
+                     "not supported in the v1/chat/completions")
 
 
 def _says_missing(words: str) -> bool:

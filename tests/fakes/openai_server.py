@@ -14,6 +14,7 @@ from tests.fakes.common import (
     FAULT_PREFIX,
     FakeHandler,
     FakeServer,
+    Pacer,
     ReplyPlan,
     ServerSettings,
     dumps,
@@ -37,6 +38,7 @@ OPENAI_FAULTS: tuple[str, ...] = (
     "azure",
     "content-filter",  # half the answer, then finish_reason "content_filter"
     "old-azure",  # an older Azure api-version: rejects stream_options with a 400
+    "slow-headers",  # the "slow" wait before the response headers rather than after them
 )
 # What Azure answers an api-version older than 2024-09-01 that is sent stream_options.
 AZURE_STREAM_OPTIONS_MESSAGE = "Unrecognized request argument supplied: stream_options"
@@ -411,6 +413,8 @@ class FakeOpenAIServer(FakeServer):
         def encode_thinking(tok: str) -> bytes:
             return think_pre + jstr(tok).encode() + think_post
 
+        if fault == "slow-headers":
+            Pacer(0, self._stopping, handler.connection).sleep(self.slow_first_token)
         handler.begin_stream(
             200,
             "text/event-stream; charset=utf-8",
