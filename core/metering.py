@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from core import aio, pricing, store
 from core.config import Endpoint
 from core.providers import Message, Params, ProviderError, Reply, Usage, provider_for
-from core.providers.base import ErrorKind, redact
+from core.providers.base import ErrorKind, estimate_tokens, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -361,10 +361,12 @@ async def _heartbeat() -> None:
         for call in list(_live):
             if call.row_id is None:
                 continue
-            so_far = call.reply.estimate_usage()
+            # The output only: estimating a long prompt again on every beat would stall the loop.
+            text = call.reply.text
+            tokens = estimate_tokens(text) + estimate_tokens(call.reply.reasoning)
             beats.setdefault(call._eng, []).append({
-                "row_id": call.row_id, "beat_at": now, "beat_tokens": so_far.output_tokens,
-                "beat_chars": len(call.reply.text)})
+                "row_id": call.row_id, "beat_at": now, "beat_tokens": tokens,
+                "beat_chars": len(text)})
         for eng, rows in beats.items():
             loop.run_in_executor(_writer, _beat, eng, rows)
 

@@ -77,16 +77,13 @@ class Run:
             log.info("call to %s cancelled from outside the run", call.model)
         except Exception:  # a bug of ours must not keep the run from finishing
             log.exception("call to %s failed outside its own error handling", call.model)
-        try:
-            if self._on_end is not None:
-                # on_end is what survives a Stop: the run is finished once it has returned.
-                await aio.through_cancel(asyncio.get_running_loop().run_in_executor(
-                    _on_end_pool, self._end, call))
-        finally:
-            with self._lock:
-                self._left -= 1
-                if self._left == 0:
-                    self._finished.set()
+        if self._on_end is None:
+            self._ended()
+            return
+        try:  # the worker counts the call as ended itself: no hop back through the loop
+            _on_end_pool.submit(self._end, call)
+        except RuntimeError:  # the interpreter is shutting down: nothing is left to save to
+            self._ended()
 
     def _end(self, call: Call) -> None:
         assert self._on_end is not None
@@ -94,4 +91,11 @@ class Run:
             self._context.copy().run(self._on_end, call)
         except Exception:  # one pane's saving failing must not hide the other panes' answers
             log.exception("on_end failed for a call to %s", call.model)
+        finally:
+            self._ended()
 
+    def _ended(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self._finished.set()
