@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from core import aio, pricing, store
 from core.config import Endpoint
 from core.providers import Message, Params, ProviderError, Reply, Usage, provider_for
-from core.providers.base import ErrorKind, estimate_tokens, redact
+from core.providers.base import ErrorKind, estimate_tokens, log_failure, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -183,6 +183,7 @@ class Call:
         self._task = asyncio.current_task()
         self._loop = loop
         if self._stop_requested:  # stopped before it went out: nothing was sent or billed
+            self._usage, self.cost = Usage(), Decimal(0)
             self.status, self.ended_at = "stopped", datetime.now(UTC)
             return self
         self.started_at = datetime.now(UTC)
@@ -207,8 +208,8 @@ class Call:
                 foreign_cancel = True  # the loop or an owner cancelled us: say so after the row
         except ProviderError as exc:
             error = exc
-        except Exception as exc:  # a failure of ours: logged with its traceback, never raw
-            log.exception("unexpected failure in a call to %s", self.model)
+        except Exception as exc:  # noqa: BLE001 - a failure of ours: logged, key blanked
+            log_failure(exc, (self.endpoint.api_key,))
             error = ProviderError(ErrorKind.SERVER, redact(f"{type(exc).__name__}: {exc}"),
                                   hint="error.unexpected", model=self.model,
                                   url=self.endpoint.base_url)
