@@ -210,7 +210,8 @@ class Call:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a failure of ours: logged, key blanked
             log_failure(exc, (self.endpoint.api_key,))
-            error = ProviderError(ErrorKind.SERVER, redact(f"{type(exc).__name__}: {exc}"),
+            error = ProviderError(ErrorKind.SERVER, redact(f"{type(exc).__name__}: {exc}",
+                                                           (self.endpoint.api_key,)),
                                   hint="error.unexpected", model=self.model,
                                   url=self.endpoint.base_url)
         finally:

@@ -107,3 +107,20 @@ def test_a_message_sent_while_an_answer_streams_stops_it_and_is_answered(
     expect(users).to_have_count(2)
     rows = wait_rows(app, lambda rows: len(rows) >= 2 and rows[-1]["status"] != "running")
     assert [r["status"] for r in rows[-2:]] == ["stopped", "ok"]
+
+
+def test_a_rerun_mid_answer_leaves_the_answer_streaming_to_its_end(app, browser, long_answers):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "Keep going")
+    expect(assistants(page).last).to_contain_text("▌")
+    # Any widget reruns the script, here the language: the answer goes on, live, to its end.
+    box = page.locator("[class*='st-key-language']").get_by_test_id("stSelectbox")
+    box.click()
+    page.get_by_role("option", name="中文").click()
+    reply = assistants(page).last
+    expect(reply).to_contain_text("Echo: Keep going")
+    expect(reply).to_contain_text("tokens/", timeout=15_000)  # the numbers of a finished answer
+    expect(reply).not_to_contain_text("▌")
+    rows = wait_rows(app, lambda rows: rows and rows[-1]["status"] != "running")
+    assert rows[-1]["status"] == "ok" and rows[-1]["output_tokens"] == 300
