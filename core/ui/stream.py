@@ -23,16 +23,16 @@ FRAME_S = 0.05
 SETTLE_S = 1.0
 
 
-def show_run(run: Run, slots: Sequence[Any]) -> None:
+def show_run(run: Run, slots: Sequence[Any], *, stop_slot: Any | None = None) -> None:
     """Draw each call of a started run into its slot (one container per call, in order),
-    with one Stop button for all at the current position, until every call has ended and
-    its on_end has returned.
+    with one Stop button for all (in `stop_slot`, default: the current position), until
+    every call has ended and its on_end has returned.
 
     Any rerun (a Stop click, a new message, a widget) ends this script run at the next frame
     while the calls go on; the next script run can show the same run again with this function.
     """
     panes = [_Pane(slot) for slot in slots]
-    stop = st.empty()
+    stop = (stop_slot or st).empty()
     if not run.finished:
         stop.button(t("run.stop"), key=f"owngpt_stop_{id(run):x}", icon=":material/stop_circle:",
                     on_click=stop_run, args=(run,))
