@@ -54,6 +54,7 @@ _BEAT = (
 _writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="owngpt-ledger")
 _live: set[Call] = set()  # calls with a request out; touched on the call loop only
 _beating: asyncio.Task[None] | None = None
+_beating_every = HEARTBEAT_S
 
 
 class Call:
@@ -348,16 +349,23 @@ def _write(eng: Engine, work: Callable[[Any], T]) -> T:
 
 
 def _start_heartbeat(loop: asyncio.AbstractEventLoop) -> None:
-    """One task per process beats for every running call (started on the loop, on demand)."""
-    global _beating
-    if _beating is None or _beating.done():
-        _beating = loop.create_task(_heartbeat())
+    """One task per process beats for every running call (started on the loop, on demand).
+
+    A changed HEARTBEAT_S (tests, benchmarks) takes effect at once, not after a whole beat.
+    """
+    global _beating, _beating_every
+    if _beating is not None and not _beating.done():
+        if _beating_every == HEARTBEAT_S:
+            return
+        _beating.cancel()
+    _beating_every = HEARTBEAT_S
+    _beating = loop.create_task(_heartbeat(HEARTBEAT_S))
 
 
-async def _heartbeat() -> None:
+async def _heartbeat(every: float) -> None:
     loop = asyncio.get_running_loop()
     while _live:
-        await asyncio.sleep(HEARTBEAT_S)
+        await asyncio.sleep(every)
         beats: dict[Engine | None, list[dict[str, Any]]] = {}
         now = datetime.now(UTC)
         for call in list(_live):

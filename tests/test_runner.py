@@ -40,11 +40,10 @@ def test_calls_run_at_once_and_a_slow_or_failing_one_holds_up_nobody(db, openai_
     ended: list[tuple[str, str, str]] = []
     run = Run([slow, fast, failing],
               on_end=lambda c: ended.append((c.model, c.status, threading.current_thread().name)))
-    started = time.monotonic()
     run.start()
     # The fast and the failing calls end while the slow one still waits for its first token.
-    wait_until(lambda: len(ended) == 2, timeout=1.0, what="the two quick calls to end")
-    assert time.monotonic() - started < 1.0 and not run.finished
+    wait_until(lambda: len(ended) == 2, timeout=1.4, what="the two quick calls to end")
+    assert not run.finished  # the slow one is still waiting for its first token (1.5 s)
     assert {(m, s) for m, s, _ in ended} == {("gpt-4o-mini", "ok"), ("fault-500", "error")}
     assert run.wait(10)
     assert ended[-1][:2] == ("fault-slow", "ok")
