@@ -59,6 +59,11 @@ class Call:
         """The answer so far, whole or partial."""
         return self.reply.text
 
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the server ended the answer ("stop", "length", ...), None if it did not say."""
+        return self.reply.finish_reason
+
     def stop(self) -> None:
         """Ask the stream to end at the next chunk (safe from another thread)."""
         self._stop.set()

@@ -1,8 +1,8 @@
 """Streamlit widgets the pages share. The only part of core that imports streamlit."""
 
-from core.ui.chat import clean_prompt, send, show_message
+from core.ui.chat import clean_prompt, pending_retry, send, show_history, show_message
 from core.ui.errors import show_config_error, show_error
-from core.ui.pickers import Choice, cached_models, model_picker, params_picker
+from core.ui.pickers import Choice, cached_models, model_picker, params_picker, system_prompt
 from core.ui.session import (
     add_session_endpoint,
     current_user,
@@ -22,10 +22,13 @@ __all__ = [
     "language_switch",
     "model_picker",
     "params_picker",
+    "pending_retry",
     "remove_session_endpoint",
     "send",
     "setup_language",
+    "system_prompt",
     "show_config_error",
     "show_error",
+    "show_history",
     "show_message",
 ]
