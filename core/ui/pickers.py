@@ -99,17 +99,17 @@ def remember(user: str, choice: Choice) -> None:
 KEPT = "chat_kept"
 
 
-def _kept(key: str, default: Any) -> str:
-    """The widget key, its state restored from our own copy when Streamlit dropped it."""
+def _kept(key: str, default: Any) -> dict[str, Any]:
+    """A widget's key and callback: its state restored from our copy when Streamlit dropped it."""
     kept: dict[str, Any] = st.session_state.setdefault(KEPT, {})
     if key not in st.session_state:
         st.session_state[key] = kept.get(key, default)
-    return key
+    return {"key": key, "on_change": _keep, "args": (key,)}
 
 
-def _keep(key: str, value: Any) -> Any:
-    st.session_state[KEPT][key] = value
-    return value
+def _keep(key: str) -> None:
+    # A callback: it runs on the next rerun even when that rerun draws another page.
+    st.session_state.setdefault(KEPT, {})[key] = st.session_state[key]
 
 
 def params_picker(*, key: str = "chat") -> Params:
@@ -118,20 +118,16 @@ def params_picker(*, key: str = "chat") -> Params:
     What the user set survives a visit to another page.
     """
     with st.sidebar.expander(t("params.title"), icon=":material/tune:"):
-        custom = _keep(f"{key}_custom_params", st.toggle(
-            t("params.custom"), key=_kept(f"{key}_custom_params", False)))
-        temperature = _keep(f"{key}_temperature", st.slider(
-            t("params.temperature"), 0.0, 2.0, step=0.05, disabled=not custom,
-            key=_kept(f"{key}_temperature", 0.7)))
-        top_p = _keep(f"{key}_top_p", st.slider(
-            t("params.top_p"), 0.0, 1.0, step=0.01, disabled=not custom,
-            key=_kept(f"{key}_top_p", 1.0)))
-        max_tokens = _keep(f"{key}_max_tokens", st.number_input(
-            t("params.max_tokens"), min_value=0, max_value=1_000_000, step=256,
-            help=t("params.max_tokens_help"), key=_kept(f"{key}_max_tokens", 0)))
-        seed = _keep(f"{key}_seed", st.number_input(
-            t("params.seed"), min_value=0, value=None, step=1, help=t("params.seed_help"),
-            key=_kept(f"{key}_seed", None)))
+        custom = st.toggle(t("params.custom"), **_kept(f"{key}_custom_params", False))
+        temperature = st.slider(t("params.temperature"), 0.0, 2.0, step=0.05,
+                                disabled=not custom, **_kept(f"{key}_temperature", 0.7))
+        top_p = st.slider(t("params.top_p"), 0.0, 1.0, step=0.01, disabled=not custom,
+                          **_kept(f"{key}_top_p", 1.0))
+        max_tokens = st.number_input(t("params.max_tokens"), min_value=0, max_value=1_000_000,
+                                     step=256, help=t("params.max_tokens_help"),
+                                     **_kept(f"{key}_max_tokens", 0))
+        seed = st.number_input(t("params.seed"), min_value=0, value=None, step=1,
+                               help=t("params.seed_help"), **_kept(f"{key}_seed", None))
     return Params(
         temperature=temperature if custom else None,
         top_p=top_p if custom else None,
@@ -142,6 +138,5 @@ def params_picker(*, key: str = "chat") -> Params:
 
 def system_prompt(*, key: str = "chat") -> str:
     """The system prompt box in the sidebar; what the user typed survives a page switch."""
-    name = f"{key}_system"
-    return _keep(name, st.sidebar.text_area(t("chat.system"), key=_kept(name, ""),
-                                            placeholder=t("chat.system_hint")))
+    return st.sidebar.text_area(t("chat.system"), placeholder=t("chat.system_hint"),
+                                **_kept(f"{key}_system", ""))
