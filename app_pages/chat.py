@@ -9,9 +9,8 @@ user = ui.current_user()
 endpoints, problems = ui.endpoints()
 choice = ui.model_picker(endpoints, user)
 params = ui.params_picker()
-system = st.sidebar.text_area(t("chat.system"), key="chat_system",
-                              placeholder=t("chat.system_hint"))
-if st.sidebar.button(t("chat.new"), icon=":material/add_comment:", use_container_width=True):
+system = ui.system_prompt()
+if st.sidebar.button(t("chat.new"), icon=":material/add_comment:", width="stretch"):
     st.session_state.history = []
 
 history: list = st.session_state.setdefault("history", [])
@@ -19,6 +18,7 @@ history: list = st.session_state.setdefault("history", [])
 st.title(t("chat.title"))
 for problem in problems:
     ui.show_config_error(problem)
+ready = st.empty()  # the "Ready" note goes as soon as a message is sent
 if not endpoints:
     st.info(t("connect.none"), icon=":material/power_off:")
     st.page_link("app_pages/settings.py", label=t("connect.go_settings"),
@@ -26,14 +26,14 @@ if not endpoints:
 elif choice is None:
     st.info(t("chat.choose_model"), icon=":material/arrow_back:")
 elif not history:
-    st.caption(t("chat.empty", model=choice.model, endpoint=choice.endpoint.name))
+    ready.caption(t("chat.empty", model=choice.model, endpoint=choice.endpoint.name))
 
 ui.show_history(history)
 
 prompt = st.chat_input(t("chat.placeholder"), disabled=choice is None, on_submit=ui.stop_reply)
-if prompt is not None:
-    text = ui.clean_prompt(prompt)
-    if text is None:
-        st.toast(t("chat.empty_not_sent"), icon=":material/edit_off:")
-    elif choice is not None:
-        ui.send(text, choice, params, history, user=user, system=system)
+text = ui.clean_prompt(prompt) if prompt is not None else ui.pending_retry()
+if prompt is not None and text is None:
+    st.toast(t("chat.empty_not_sent"), icon=":material/edit_off:")
+elif text is not None and choice is not None:
+    ready.empty()
+    ui.send(text, choice, params, history, user=user, system=system)

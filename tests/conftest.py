@@ -8,24 +8,39 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core import store
+from core.config import PRESETS
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
 
 API_KEY = "sk-test-0123456789abcdef"
 
-# Settings a developer's shell may carry that would make tests see real endpoints.
-CONFIG_VARS = (
-    "OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT",
-    "OPENAI_API_VERSION", "OLLAMA_HOST", "DATABASE_URL", "DEEPSEEK_API_KEY",
-    "DASHSCOPE_API_KEY", "MOONSHOT_API_KEY", "ZHIPUAI_API_KEY", "GEMINI_API_KEY",
-    "OPENROUTER_API_KEY", "APP_PASSWORD",
-)
+# Settings a developer's shell may carry that would make tests see real endpoints, besides
+# each preset's key variable; the SDKs read some of these by themselves.
+OTHER_CONFIG_VARS = frozenset({
+    "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENTS",
+    "AZURE_OPENAI_AD_TOKEN", "OPENAI_API_VERSION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
+    "OLLAMA_HOST", "OLLAMA_API_KEY", "DATABASE_URL", "APP_PASSWORD", "OWNGPT_ENV_FILE",
+    "OWNGPT_AUTODETECT_OLLAMA",
+})
+
+
+def config_vars() -> tuple[str, ...]:
+    """Every variable the tests clear: each preset's key (a new preset is covered by itself)."""
+    keys = {p.key_env for p in PRESETS.values() if p.key_env}
+    return tuple(sorted(keys | OTHER_CONFIG_VARS))
+
+
+CONFIG_VARS = config_vars()
+# What every test run sets: no real endpoint, and no Ollama found on the developer's machine.
+TEST_ENV = {"OWNGPT_AUTODETECT_OLLAMA": "0"}
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """No real endpoint, no .env of the developer's, and a database of the test's own."""
-    for name in CONFIG_VARS:
+    for name in config_vars():
         monkeypatch.delenv(name, raising=False)
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("OWNGPT_ENV_FILE", str(tmp_path / "absent.env"))
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'test.sqlite3'}")
 

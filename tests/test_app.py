@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import config
 from tests.conftest import API_KEY, call_rows
 
 ENTRY = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -57,7 +58,7 @@ def test_a_message_streams_and_is_logged(db, fake_openai):
     chat(at, "gpt-4o-mini", "Hello AppTest")
     assert not at.exception
     user, assistant = at.chat_message
-    assert user.markdown[0].value == "Hello AppTest"
+    assert user.text[0].value == "Hello AppTest"
     assert assistant.markdown[0].value.startswith("Echo: Hello AppTest")
     assert "gpt-4o-mini" in assistant.caption[0].value and "free" in assistant.caption[0].value
     [row] = call_rows(db)
@@ -104,7 +105,7 @@ def test_a_wrong_key_shows_what_to_do_and_never_the_key(db, monkeypatch, openai_
     assert not at.exception
     assert "The API key was refused" in at.error[0].value
     assert wrong not in screen_text(at)
-    assert at.chat_message[0].markdown[0].value == "hi"  # the user's message stays
+    assert at.chat_message[0].text[0].value == "hi"  # the user's message stays
     [row] = call_rows(db)
     assert (row["status"], row["error_kind"]) == ("error", "auth")
 
@@ -124,7 +125,7 @@ def test_unknown_model_and_server_death_keep_the_conversation(db, openai_server)
     replies = [m for m in at.chat_message if m.name == "assistant"]
     assert replies[-1].markdown[0].value.startswith("Echo: second")  # the partial answer
     assert "broke off in the middle of the answer" in at.error[-1].value
-    assert [m.markdown[0].value for m in at.chat_message if m.name == "user"] == [
+    assert [m.text[0].value for m in at.chat_message if m.name == "user"] == [
         "first", "second"]
     assert [r["status"] for r in call_rows(db)] == ["error", "error"]
 
@@ -229,3 +230,103 @@ def test_the_app_starts_under_a_socks_proxy_and_reaches_a_local_ollama(
     at = app().run()
     assert not at.exception and not at.error
     assert "llama3.2:1b" in at.sidebar.selectbox(key="chat_model_Ollama").options
+
+
+def user_turns(request: dict) -> list[str]:
+    """The roles of a request the fake received, in order."""
+    return [m["role"] for m in request["messages"]]
+
+
+def test_system_prompt_and_parameters_survive_a_page_switch(db, fake_openai):
+    at = chat(app().run(), "gpt-4o-mini", "hello")  # the model is remembered once used
+    at.sidebar.text_area(key="chat_system").set_value("Answer in French.")
+    at.sidebar.toggle(key="chat_custom_params").set_value(True).run()
+    at.sidebar.slider(key="chat_temperature").set_value(0.3)
+    at.sidebar.number_input(key="chat_max_tokens").set_value(512)
+    at.sidebar.number_input(key="chat_seed").set_value(7).run()
+    at.switch_page("app_pages/settings.py").run()
+    at.switch_page("app_pages/chat.py").run()
+    assert at.sidebar.text_area(key="chat_system").value == "Answer in French."
+    at.chat_input[0].set_value("Bonjour").run()
+    sent = fake_openai.requests[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert (sent["temperature"], sent.get("max_tokens"), sent["seed"]) == (0.3, 512, 7)
+
+
+def test_a_failed_turn_is_not_sent_again_and_retry_replaces_it(db, openai_server):
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Fixed", "base_url": openai_server.url,
+                                "api_key": API_KEY, "models": ["no-such-model", "gpt-4o-mini"]}]
+    at.run()
+    at.sidebar.selectbox(key="chat_model_Fixed").set_value("no-such-model").run()
+    at.chat_input[0].set_value("first").run()
+    assert "does not exist on this server" in at.error[0].value
+    at.sidebar.selectbox(key="chat_model_Fixed").set_value("gpt-4o-mini").run()
+    at.chat_input[0].set_value("second").run()
+    # The failed "first" stays on screen but is not sent: never two user messages in a row.
+    assert openai_server.requests[-1]["messages"] == [{"role": "user", "content": "second"}]
+
+    at.sidebar.selectbox(key="chat_model_Fixed").set_value("no-such-model").run()
+    at.chat_input[0].set_value("third").run()
+    at.sidebar.selectbox(key="chat_model_Fixed").set_value("gpt-4o-mini").run()
+    [retry] = [b for b in at.button if b.label == "Retry"]
+    retry.click().run()
+    assert not at.exception
+    assert len(at.error) == 1  # the error of "first", still on screen; "third" went through
+    sent = openai_server.requests[-1]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["second", "third"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    # The retried turn replaced the failed one: "third" is on screen once, answered.
+    users = [m.text[0].value for m in at.chat_message if m.name == "user"]
+    assert users == ["first", "second", "third"]
+    assert at.chat_message[-1].markdown[0].value.startswith("Echo: third")
+
+
+def test_user_messages_are_shown_as_typed(db, fake_openai):
+    typed = "## not a heading\n*not italic* `not code` <b>not bold</b>"
+    at = chat(app().run(), "gpt-4o-mini", typed)
+    user = at.chat_message[0]
+    assert [e.value for e in user.text] == [typed]
+    assert not user.markdown
+
+
+def test_an_answer_cut_by_max_tokens_says_so(db, fake_openai):
+    at = app().run()
+    at.sidebar.number_input(key="chat_max_tokens").set_value(5).run()
+    chat(at, "gpt-4o-mini", "Tell me everything")
+    reply = at.chat_message[1]
+    assert any("max output tokens" in c.value for c in reply.caption)
+    at = chat(app().run(), "gpt-4o", "short")  # a whole answer says nothing of the kind
+    assert not any("max output tokens" in c.value for c in at.chat_message[1].caption)
+
+
+def test_the_ready_note_goes_once_the_conversation_starts(db, fake_openai):
+    at = app().run()
+    at.sidebar.selectbox(key="chat_model_OpenAI-compatible").set_value("gpt-4o-mini").run()
+    assert any(c.value.startswith("Ready: gpt-4o-mini") for c in at.caption)
+    at.chat_input[0].set_value("hi").run()
+    assert not any(c.value.startswith("Ready:") for c in at.caption)
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_ollama_auto_detection_can_be_turned_off(db, monkeypatch, setting):
+    from core.ui import session
+    from tests.fakes import FakeOllamaServer
+
+    monkeypatch.setenv("OWNGPT_AUTODETECT_OLLAMA", setting)
+    session._default_ollama.clear()
+    try:
+        server = FakeOllamaServer(port=11434).start()
+    except OSError:  # something listens there already; it must answer as an Ollama does
+        server = None
+    try:
+        if server is None and config.local_ollama() is None:
+            pytest.skip("port 11434 is taken by something that is not an Ollama")
+        at = app().run()
+        offered = [o for box in at.sidebar.selectbox if box.key == "chat_endpoint"
+                   for o in box.options]
+        assert ("Ollama" in offered) == (setting == "1")
+    finally:
+        session._default_ollama.clear()
+        if server is not None:
+            server.stop()

@@ -472,7 +472,7 @@ def test_export_markdown_reads_like_the_conversation(db):
                  "messages": [{"id": 1, "parent": 2, "role": "user", "text": "x"}]}).encode(),
      "convo.import_bad_shape", "messages[0].parent"),
     (json.dumps({"format": cv.FORMAT, "version": 1, "params": {"temperature": "hot"},
-                 "messages": []}).encode(), "convo.import_bad_shape", "params.temperature"),
+                 "messages": []}).encode(), "convo.import_bad_shape", "params/temperature"),
     (json.dumps({"format": cv.FORMAT, "version": 1, "active": [1, 2],
                  "messages": [{"id": 1, "parent": None, "role": "user", "text": "a"},
                               {"id": 2, "parent": None, "role": "user", "text": "b"}]}).encode(),

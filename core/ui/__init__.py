@@ -1,9 +1,23 @@
 """Streamlit widgets the pages share. The only part of core that imports streamlit."""
 
 from core.ui.calls import mark_interrupted_calls
-from core.ui.chat import clean_prompt, send, show_history, show_message, stop_reply
+from core.ui.chat import (
+    clean_prompt,
+    pending_retry,
+    send,
+    show_history,
+    show_message,
+    stop_reply,
+)
 from core.ui.errors import show_config_error, show_error
-from core.ui.pickers import Choice, cached_models, model_picker, params_picker, store_models
+from core.ui.pickers import (
+    Choice,
+    cached_models,
+    model_picker,
+    params_picker,
+    store_models,
+    system_prompt,
+)
 from core.ui.session import (
     add_session_endpoint,
     current_user,
@@ -25,9 +39,11 @@ __all__ = [
     "mark_interrupted_calls",
     "model_picker",
     "params_picker",
+    "pending_retry",
     "remove_session_endpoint",
     "send",
     "setup_language",
+    "system_prompt",
     "show_config_error",
     "show_error",
     "show_history",

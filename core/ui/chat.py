@@ -17,6 +17,7 @@ from core.ui.pickers import Choice, remember
 from core.ui.stream import show_run, stop_run
 
 MAX_MESSAGE_CHARS = 500_000
+RETRY = "chat_retry"
 # C0 controls other than tab and newlines break JSON bodies, logs and PostgreSQL text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # The reply being streamed, as (run, message); it outlives the script run that started it.
@@ -31,25 +32,75 @@ def clean_prompt(text: str | None) -> str | None:
     return text if text.strip() else None
 
 
-def show_message(message: dict[str, Any]) -> None:
-    """One message as the user saw it, including a stopped or failed reply."""
+def show_message(message: dict[str, Any], history: list[dict[str, Any]] | None = None) -> None:
+    """One message as the user saw it, including a stopped or failed reply.
+
+    The user's own words are shown as typed: a "## " line or a `*` is text, not Markdown.
+    """
     with st.chat_message(message["role"]):
         if message.get("reasoning"):
             with st.expander(t("chat.thought"), icon=":material/psychology:"):
                 st.markdown(message["reasoning"])
         if message["content"]:
-            st.markdown(message["content"])
-        show_outcome(message)
+            if message["role"] == "user":
+                st.text(message["content"], width="stretch")
+            else:
+                st.markdown(message["content"])
+        show_outcome(message, history)
 
 
-def show_outcome(message: dict[str, Any]) -> None:
-    """Below a reply: stopped / error notes and the meta line (tokens, speed, cost)."""
+def show_outcome(message: dict[str, Any], history: list[dict[str, Any]] | None = None) -> None:
+    """Below a reply: stopped / cut / error notes, the meta line, and Retry on a failed last turn.
+
+    `history` is the conversation the reply belongs to; without it no Retry is offered.
+    """
     if message.get("status") == "stopped":
         st.caption("⏹ " + t("chat.stopped"))
+    if message.get("finish_reason") == "length":
+        st.caption("✂ " + t("chat.cut_by_length"))
     if message.get("error") is not None:
         show_error(message["error"])
     if message.get("meta"):
         st.caption(message["meta"])
+    if history and history[-1] is message and _failed_turn(history):
+        st.button(t("chat.retry"), key=f"chat_retry_{len(history)}", icon=":material/refresh:",
+                  on_click=_retry, args=(history, len(history)))
+
+
+def _failed_turn(history: list[dict[str, Any]]) -> bool:
+    return (len(history) >= 2 and history[-2]["role"] == "user"
+            and history[-1]["role"] == "assistant" and history[-1].get("error") is not None)
+
+
+def _retry(history: list[dict[str, Any]], length: int) -> None:
+    # Runs before the script: the failed turn is gone before the conversation is drawn.
+    if len(history) == length and _failed_turn(history):
+        st.session_state[RETRY] = history[-2]["content"]
+        del history[-2:]
+
+
+def pending_retry() -> str | None:
+    """The message of a failed turn the user asked to send again, once."""
+    return st.session_state.pop(RETRY, None)
+
+
+def request_messages(history: list[dict[str, Any]], system: str = "") -> list[Message]:
+    """What the model is sent: the system prompt, the turns that got an answer, the new message.
+
+    A turn whose reply failed or is empty is left out, so the request never carries two user
+    messages in a row (the failed one stays on screen, with Retry).
+    """
+    messages = [Message("system", system)] if system.strip() else []
+    for i, message in enumerate(history):
+        if message["role"] != "user":
+            continue
+        reply = history[i + 1] if i + 1 < len(history) else None
+        if reply is None:
+            messages.append(Message("user", message["content"]))
+        elif reply.get("content") and reply.get("error") is None:
+            messages += [Message("user", message["content"]),
+                         Message("assistant", reply["content"])]
+    return messages
 
 
 def meta_line(call: Call) -> str:
@@ -70,13 +121,14 @@ def meta_line(call: Call) -> str:
 
 
 def show_history(history: list[dict[str, Any]]) -> None:
-    """Every message of the conversation; a reply still streaming goes on live where it is."""
+    """Every message of the conversation; a reply still streaming goes on live where it is,
+    and a failed last turn offers Retry."""
     active = st.session_state.get(_ACTIVE)
     for message in history:
         if active is not None and message is active[1] and not active[0].finished:
-            _follow(*active)
+            _follow(*active, history)
         else:
-            show_message(message)
+            show_message(message, history)
 
 
 def stop_reply() -> None:
@@ -104,8 +156,7 @@ def send(
     remember(user, choice)
     history.append({"role": "user", "content": prompt})
     show_message(history[-1])
-    messages = [Message("system", system)] if system.strip() else []
-    messages += [Message(m["role"], m["content"]) for m in history if m["content"]]
+    messages = request_messages(history, system)
     reply: dict[str, Any] = {"role": "assistant", "content": "", "model": choice.model}
     call = Call(choice.endpoint, choice.model, messages, params, user_id=user, source="chat")
     run = Run([call], on_end=functools.partial(_settle, reply))
@@ -114,13 +165,14 @@ def send(
     st.session_state[_ACTIVE] = (run, reply)
     history.append(reply)  # kept even if the run is stopped mid-stream
     run.start()
-    _follow(run, reply)
+    _follow(run, reply, history)
 
 
-def _follow(run: Run, reply: dict[str, Any]) -> None:
+def _follow(run: Run, reply: dict[str, Any], history: list[dict[str, Any]] | None = None
+            ) -> None:
     with st.chat_message("assistant"):
         show_run(run, [st.container()])
-        show_outcome(reply)
+        show_outcome(reply, history)
 
 
 def _settle(reply: dict[str, Any], call: Call) -> None:
@@ -128,6 +180,7 @@ def _settle(reply: dict[str, Any], call: Call) -> None:
     Stop or a rerun that ends the script run loses nothing)."""
     reply["content"], reply["reasoning"] = call.text, call.reasoning
     reply["status"] = call.status
+    reply["finish_reason"] = call.finish_reason
     if call.error is not None:
         reply["error"] = call.error
     # A stopped answer was generated and billed: it shows its tokens and cost (estimated

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 
@@ -135,22 +136,49 @@ def remember(user: str, choice: Choice) -> None:
         st.session_state[LAST_MODEL] = value
 
 
+# What the user set in the chat's sidebar, kept apart from the widgets' own state: Streamlit
+# drops the state of widgets a run does not draw, so a visit to Settings would wipe it.
+KEPT = "chat_kept"
+
+
+def _kept(key: str, default: Any) -> dict[str, Any]:
+    """A widget's key and callback: its state restored from our copy when Streamlit dropped it."""
+    kept: dict[str, Any] = st.session_state.setdefault(KEPT, {})
+    if key not in st.session_state:
+        st.session_state[key] = kept.get(key, default)
+    return {"key": key, "on_change": _keep, "args": (key,)}
+
+
+def _keep(key: str) -> None:
+    # A callback: it runs on the next rerun even when that rerun draws another page.
+    st.session_state.setdefault(KEPT, {})[key] = st.session_state[key]
+
+
 def params_picker(*, key: str = "chat") -> Params:
-    """Sampling settings in a sidebar expander; untouched means "server default"."""
+    """Sampling settings in a sidebar expander; untouched means "server default".
+
+    What the user set survives a visit to another page.
+    """
     with st.sidebar.expander(t("params.title"), icon=":material/tune:"):
-        custom = st.toggle(t("params.custom"), key=f"{key}_custom_params")
-        temperature = st.slider(t("params.temperature"), 0.0, 2.0, 0.7, 0.05,
-                                key=f"{key}_temperature", disabled=not custom)
-        top_p = st.slider(t("params.top_p"), 0.0, 1.0, 1.0, 0.01, key=f"{key}_top_p",
-                          disabled=not custom)
+        custom = st.toggle(t("params.custom"), **_kept(f"{key}_custom_params", False))
+        temperature = st.slider(t("params.temperature"), 0.0, 2.0, step=0.05,
+                                disabled=not custom, **_kept(f"{key}_temperature", 0.7))
+        top_p = st.slider(t("params.top_p"), 0.0, 1.0, step=0.01, disabled=not custom,
+                          **_kept(f"{key}_top_p", 1.0))
         max_tokens = st.number_input(t("params.max_tokens"), min_value=0, max_value=1_000_000,
-                                     value=0, step=256, key=f"{key}_max_tokens",
-                                     help=t("params.max_tokens_help"))
+                                     step=256, help=t("params.max_tokens_help"),
+                                     **_kept(f"{key}_max_tokens", 0))
         seed = st.number_input(t("params.seed"), min_value=0, value=None, step=1,
-                               key=f"{key}_seed", help=t("params.seed_help"))
+                               help=t("params.seed_help"), **_kept(f"{key}_seed", None))
     return Params(
         temperature=temperature if custom else None,
         top_p=top_p if custom else None,
         max_tokens=int(max_tokens) or None,
         seed=None if seed is None else int(seed),
     )
+
+
+def system_prompt(*, key: str = "chat") -> str:
+    """The system prompt box in the sidebar; what the user typed survives a page switch."""
+    return st.sidebar.text_area(t("chat.system"), placeholder=t("chat.system_hint"),
+                                **_kept(f"{key}_system", ""))

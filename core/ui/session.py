@@ -10,6 +10,7 @@ from core.config import ConfigError, Endpoint, load_endpoints, local_ollama, rea
 from core.i18n import LANGUAGES, language_from_locale, set_language, t
 
 SESSION_ENDPOINTS = "session_endpoints"
+OFF = ("0", "false", "no", "off")
 
 
 def current_user() -> str:
@@ -52,6 +53,14 @@ def _default_ollama() -> Endpoint | None:
     return local_ollama()
 
 
+def autodetect_ollama(env: dict[str, str]) -> bool:
+    """Whether to look for an Ollama at the default host: OWNGPT_AUTODETECT_OLLAMA=0 says no.
+
+    The tests turn it off, so an Ollama running on the developer's machine cannot change them.
+    """
+    return env.get("OWNGPT_AUTODETECT_OLLAMA", "1").strip().lower() not in OFF
+
+
 def endpoints() -> tuple[list[Endpoint], list[ConfigError]]:
     """Configured endpoints, then the session's own, then an Ollama found at the default host."""
     env = read_env()
@@ -61,7 +70,8 @@ def endpoints() -> tuple[list[Endpoint], list[ConfigError]]:
         if endpoint.name not in names:
             found.append(endpoint)
             names.add(endpoint.name)
-    if not any(e.kind == "ollama" for e in found) and not env.get("OLLAMA_HOST"):
+    if (autodetect_ollama(env) and not env.get("OLLAMA_HOST")
+            and not any(e.kind == "ollama" for e in found)):
         auto = _default_ollama()
         if auto is not None:
             found.append(auto)
