@@ -831,7 +831,7 @@ def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessag
     for name, value in raw_params.items():
         kinds = _PARAM_TYPES.get(name)
         if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
-            raise bad("params → " + name)  # a field path, not a catalog key
+            raise bad("params/" + name)  # a field path, not a catalog key
     conv["params"] = Params(**raw_params)
     raw = doc.get("messages")
     if not isinstance(raw, list):
