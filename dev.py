@@ -1,5 +1,7 @@
 """The two commands a newcomer needs: `python dev.py app` and `python dev.py test`.
 
+`python dev.py screenshots` refreshes the README images in docs/ from the browser tests.
+
 Each makes .venv (once), installs what the requirements files ask for (again only when a
 file changed), and for the tests makes sure a Chromium is there: the system's if it has one
 (as root on Debian/Ubuntu the `chromium` package is installed), else Playwright's download.
@@ -13,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -86,10 +89,44 @@ def test(args: list[str]) -> int:
     return run(PYTHON, "-m", "pytest", *args, check=False)
 
 
+README_IMAGES = ("chat.png", "chat-zh.png", "settings.png")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def cjk_font() -> str | None:
+    """An installed font with Chinese glyphs (fontconfig's answer), else None."""
+    if not shutil.which("fc-list"):
+        return None
+    found = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True)
+    return found.stdout.strip().splitlines()[0] if found.stdout.strip() else None
+
+
+def screenshots(args: list[str]) -> int:
+    """Refresh the README images in docs/ from a fresh run of the browser tests."""
+    if cjk_font() is None:
+        sys.exit("No Chinese (CJK) font is installed, so the Chinese screenshot would show boxes:"
+                 " install one (Debian/Ubuntu: fonts-wqy-zenhei), then try again.")
+    ensure_venv("requirements-dev.txt")
+    ensure_browser()
+    started = time.time()
+    if run(PYTHON, "-m", "pytest", "-q", "tests/e2e", *args, check=False):
+        return 1
+    fresh = [ARTIFACTS / n for n in README_IMAGES
+             if (ARTIFACTS / n).exists() and (ARTIFACTS / n).stat().st_mtime >= started]
+    if len(fresh) != len(README_IMAGES):
+        sys.exit(f"The browser tests did not take all of {', '.join(README_IMAGES)}; docs/ is"
+                 " left as it was.")
+    for path in fresh:
+        shutil.copyfile(path, ROOT / "docs" / path.name)
+        print("updated", Path("docs") / path.name)
+    return 0
+
+
 def main() -> int:
-    commands = {"app": app, "test": test}
+    commands = {"app": app, "test": test, "screenshots": screenshots}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python dev.py app [streamlit options] | python dev.py test [pytest options]")
+        print("usage: python dev.py app [streamlit options] | python dev.py test [pytest options]"
+              " | python dev.py screenshots")
         return 2
     return commands[sys.argv[1]](sys.argv[2:])
 

@@ -17,11 +17,13 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import Engine
 
 from core import store
-from tests.conftest import API_KEY, CONFIG_VARS
+from tests.conftest import API_KEY, TEST_ENV, call_rows, config_vars
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs"
+# Pictures from the e2e run land in an ignored folder; `python dev.py screenshots` copies the
+# README's from there to docs/, so a test run never rewrites a tracked file.
+ARTIFACTS = ROOT / "tests" / "artifacts"
 SYSTEM_CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 # The closed network here refuses Chromium's background calls; these flags keep it quiet.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -52,6 +54,19 @@ class RunningApp:
     url: str
     db: Engine
     process: subprocess.Popen
+    stderr: Path  # the server's log
+
+    def wait_rows(self, n: int, *, timeout: float = 10.0) -> list[dict]:
+        """The call log once it holds n rows and the last has ended; fails at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = call_rows(self.db)
+            if len(rows) >= n and rows[-1]["status"] != "running":
+                return rows
+            if time.monotonic() > deadline:
+                pytest.fail(f"after {timeout} s the call log has {len(rows)} rows, not {n}, "
+                            f"or its last is still running: {[r['status'] for r in rows]}")
+            time.sleep(0.05)  # the poll's interval; the deadline above is the wait
 
     def open(self, browser: Browser, path: str = "", locale: str = "en-US") -> Page:
         context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860})
@@ -77,7 +92,9 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
         folder = tmp_path_factory.mktemp("app")
         port = _free_port()
         db_url = f"sqlite:///{folder / 'owngpt.sqlite3'}"
-        clean = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+        cleared = config_vars()
+        clean = {k: v for k, v in os.environ.items() if k not in cleared}
+        clean.update(TEST_ENV)
         clean.update(DATABASE_URL=db_url, OWNGPT_ENV_FILE=str(folder / "absent.env"), **env)
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
@@ -93,11 +110,12 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
                 if httpx.get(url + "/_stcore/health", timeout=1).text == "ok":
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)  # the poll's interval; the deadline fails the start
         else:
             process.kill()
             raise RuntimeError((folder / "stderr").read_text())
-        app = RunningApp(url, store.engine(db_url), process)
+        app = RunningApp(url, store.engine(db_url), process, folder / "stderr")
         started.append(app)
         return app
 
@@ -137,7 +155,9 @@ def send(page: Page, text: str) -> None:
     box.press("Enter")
 
 
-def screenshot(page: Page, name: str) -> None:
-    """Keep a picture for the README (docs/), taken from the real app."""
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name))
+def screenshot(page: Page, name: str) -> Path:
+    """Keep a picture of the real app under tests/artifacts/ (the README's come from here)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    return path

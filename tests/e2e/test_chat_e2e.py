@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import API_KEY, call_rows
+from tests.conftest import API_KEY
 from tests.e2e.conftest import choose_model, screenshot, send
 
 
@@ -21,13 +19,17 @@ def assistant(page):
         has=page.get_by_test_id("stChatMessageAvatarAssistant")).last
 
 
-def wait_rows(app, n: int, timeout: float = 10.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while (rows := call_rows(app.db)) and len(rows) < n or not rows:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    return rows
+def settled(page) -> None:
+    """Wait until the script run the last action started has ended."""
+    expect(page.get_by_test_id("stApp")).to_have_attribute(
+        "data-test-script-state", "notRunning", timeout=15_000)
+
+
+def go_to(page, name: str, heading: str) -> None:
+    """Open another page from the sidebar's navigation, as a user does."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+    expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    settled(page)
 
 
 def test_a_message_streams_then_shows_its_numbers(app, browser):
@@ -42,7 +44,7 @@ def test_a_message_streams_then_shows_its_numbers(app, browser):
     expect(reply).not_to_contain_text("▌")
     expect(reply).to_contain_text("first token")
     screenshot(page, "chat.png")
-    rows = wait_rows(app, 1)
+    rows = app.wait_rows(1)
     assert rows[-1]["status"] == "ok" and rows[-1]["output_tokens"] == 40
 
 
@@ -50,13 +52,14 @@ def test_stop_keeps_the_message_and_the_partial_reply(app, browser):
     page = app.open(browser)
     choose_model(page, "fault-slow")  # the first token takes 20 s
     expect(page.get_by_text("Ready: fault-slow")).to_be_visible()  # the rerun has drawn
-    before = len(call_rows(app.db))
+    before = len(app.wait_rows(0))
     send(page, "Please stop me")
     expect(page.get_by_text("Waiting for the first token")).to_be_visible()
     page.get_by_test_id("stChatInputStopButton").click()
     expect(page.get_by_text("Stopped. The partial answer is kept.")).to_be_visible(timeout=5_000)
     expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Please stop me")
-    rows = wait_rows(app, before + 1, timeout=30)
+    # Ended well before the first token was due: only a dropped request ends it this soon.
+    rows = app.wait_rows(before + 1, timeout=5)
     assert rows[-1]["status"] == "stopped"
 
 
@@ -73,7 +76,7 @@ def test_html_in_an_answer_is_shown_as_text_never_run(app, browser):
 def test_empty_and_huge_messages(app, browser, e2e_openai):
     page = app.open(browser)
     choose_model(page, "gpt-4o-mini")
-    before = len(call_rows(app.db))
+    before = len(app.wait_rows(0))
     send(page, "   ")
     expect(page.get_by_text("The message is empty, so nothing was sent.")).to_be_visible()
     assert page.get_by_test_id("stChatMessage").count() == 0
@@ -85,7 +88,7 @@ def test_empty_and_huge_messages(app, browser, e2e_openai):
         expect(reply.get_by_text("tokens/s")).to_be_visible(timeout=60_000)
     finally:
         e2e_openai.rate = 80
-    rows = wait_rows(app, before + 1)
+    rows = app.wait_rows(before + 1)
     assert len(rows) == before + 1 and rows[-1]["status"] == "ok"
     assert rows[-1]["input_tokens"] >= 50_000
 
@@ -97,7 +100,7 @@ def test_a_server_dying_mid_answer_keeps_the_partial_answer(app, browser):
     expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible(
         timeout=15_000)
     expect(assistant(page)).to_contain_text("Echo: Tell me a long story")
-    assert call_rows(app.db)[-1]["status"] == "error"
+    assert app.wait_rows(1)[-1]["status"] == "error"
 
 
 def test_a_wrong_key_shows_the_sentence_and_never_the_key(start_app, e2e_openai, browser):
@@ -109,7 +112,7 @@ def test_a_wrong_key_shows_the_sentence_and_never_the_key(start_app, e2e_openai,
     send(page, "hello?")
     expect(page.get_by_role("main").get_by_text("The API key was refused")).to_be_visible()
     assert wrong not in page.content()
-    assert call_rows(app.db)[-1]["error_kind"] == "auth"
+    assert app.wait_rows(1)[-1]["error_kind"] == "auth"
 
 
 def test_chinese_browser_gets_chinese_and_pages_keep_their_addresses(app, browser):
@@ -121,3 +124,72 @@ def test_chinese_browser_gets_chinese_and_pages_keep_their_addresses(app, browse
     send(page, "你好，介绍一下你自己")
     expect(assistant(page)).to_contain_text("tokens/秒", timeout=15_000)
     screenshot(page, "chat-zh.png")
+
+
+def test_what_the_user_set_survives_a_visit_to_settings(app, browser, e2e_openai):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    system = page.locator("[class*='st-key-chat_system'] textarea")
+    system.fill("Answer like a pirate.")
+    system.press("Control+Enter")
+    page.get_by_test_id("stSidebar").get_by_text("Parameters").click()
+    limit = page.locator("[class*='st-key-chat_max_tokens'] input")
+    limit.fill("6")
+    limit.press("Enter")
+    settled(page)
+    send(page, "first")
+    expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+
+    go_to(page, "Settings", "Settings")
+    go_to(page, "Chat", "Chat")
+    expect(system).to_have_value("Answer like a pirate.")
+    send(page, "## second *turn*")
+    reply = assistant(page)
+    expect(reply).to_contain_text("tokens/s", timeout=15_000)
+    sent = e2e_openai.requests[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "Answer like a pirate."}
+    assert sent.get("max_tokens") == 6
+    # The fake stops at 6 tokens with finish "length": the answer says it was cut.
+    expect(reply).to_contain_text("Cut off at the max output tokens")
+    # Typed text is shown as typed: no heading, no emphasis.
+    mine = page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarUser")).last
+    expect(mine).to_contain_text("## second *turn*")
+    assert mine.locator("h1, h2, h3, em").count() == 0
+
+
+def test_the_ready_note_goes_when_the_chat_starts(app, browser):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    expect(page.get_by_text("Ready: gpt-4o-mini")).to_be_visible()
+    send(page, "hello")
+    expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+    expect(page.get_by_text("Ready: gpt-4o-mini")).to_have_count(0)
+
+
+def test_a_failed_turn_offers_retry_and_is_not_sent_twice(app, browser, e2e_openai):
+    page = app.open(browser)
+    choose_model(page, "fault-500")
+    send(page, "will fail")
+    expect(page.get_by_role("main").get_by_test_id("stAlertContentError")).to_be_visible(
+        timeout=15_000)
+    choose_model(page, "gpt-4o-mini")
+    page.get_by_role("button", name="Retry").click()
+    expect(assistant(page)).to_contain_text("Echo: will fail", timeout=15_000)
+    expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+    assert e2e_openai.requests[-1]["messages"] == [{"role": "user", "content": "will fail"}]
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(2)  # replaced, not added
+
+
+def test_the_server_log_has_no_deprecation_warning(start_app, e2e_openai, browser):
+    app = start_app(OPENAI_BASE_URL=e2e_openai.url, OPENAI_API_KEY=API_KEY)
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "hello")
+    expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+    page.get_by_role("button", name="New chat").click()
+    settled(page)
+    go_to(page, "Settings", "Settings")
+    go_to(page, "Chat", "Chat")
+    log = app.stderr.read_text()
+    assert "deprecat" not in log.lower() and "use_container_width" not in log, log[-2000:]
