@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -24,8 +26,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
+from sqlalchemy.exc import OperationalError
 
 DEFAULT_PATH = Path("data") / "owngpt.sqlite3"
 
@@ -121,8 +125,79 @@ def _engine_for(url: str) -> Engine:
     eng = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if eng.dialect.name == "sqlite":
         event.listen(eng, "connect", _sqlite_pragmas)
-    metadata.create_all(eng)
+    migrate(eng)
     return eng
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head() -> str:
+    """The newest migration revision."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+
+
+def migrate(eng: Engine) -> None:
+    """Bring the database to the newest schema, once, even with several processes starting.
+
+    An empty database gets create_all and is stamped head (fast: tests make one per test);
+    one made by the old create_all (tables, no alembic_version) is stamped "0001" and
+    upgraded in place, never recreated. A lock makes a second process wait, then see head.
+    """
+    from alembic import command
+
+    with eng.connect() as conn:
+        _lock(conn)
+        try:
+            tables = set(inspect(conn).get_table_names())
+            cfg = _alembic_config(conn)
+            if not tables - {"alembic_version"}:
+                metadata.create_all(conn)
+                command.stamp(cfg, "head")
+            else:
+                if "alembic_version" not in tables:
+                    command.stamp(cfg, "0001")
+                command.upgrade(cfg, "head")
+            conn.commit()
+        finally:
+            _unlock(conn)
+
+
+def _lock(conn: Connection) -> None:
+    # SQLite: a write lock held for the whole migration; the other process's BEGIN
+    # IMMEDIATE waits (busy_timeout, then our retry). PostgreSQL: an advisory lock.
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA busy_timeout=60000")
+        for _ in range(120):
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                time.sleep(0.5)
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_lock(712_406_001)")
+
+
+def _unlock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_unlock(712_406_001)")
+        conn.commit()
+    elif conn.dialect.name == "sqlite":
+        conn.rollback()  # no-op after the commit; releases the lock after an error
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
