@@ -223,10 +223,19 @@ def get_preference(user_id: str, name: str, default: Any = None, *,
 
 
 def set_preference(user_id: str, name: str, value: Any, *, eng: Engine | None = None) -> None:
-    """Remember a choice for this user."""
-    with (eng or engine()).begin() as conn:
-        where = (preferences.c.user_id == user_id) & (preferences.c.name == name)
-        if conn.execute(select(preferences.c.id).where(where)).first():
-            conn.execute(preferences.update().where(where).values(value=value))
-        else:
-            conn.execute(preferences.insert().values(user_id=user_id, name=name, value=value))
+    """Remember a choice for this user: one upsert, so two tabs writing at once cannot both
+    insert (read-then-insert raced into a unique-constraint error)."""
+    eng = eng or engine()
+    if eng.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif eng.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the app supports SQLite and PostgreSQL only
+        raise NotImplementedError(eng.dialect.name)
+    stmt = insert(preferences).values(user_id=user_id, name=name, value=value)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[preferences.c.user_id, preferences.c.name],
+        set_={"value": stmt.excluded.value},
+    )
+    with eng.begin() as conn:
+        conn.execute(stmt)
