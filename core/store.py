@@ -112,17 +112,68 @@ def database_url() -> str:
     return url or f"sqlite:///{DEFAULT_PATH}"
 
 
+# Why the configured database could not be used (None when it could): "unwritable",
+# "bad_url" or "unreachable". The app then keeps working on an in-memory SQLite database.
+_problem: dict[str, str] = {}
+MEMORY_URL = "sqlite://"
+
+
 def engine(url: str | None = None) -> Engine:
-    """The engine for a URL (default: the configured one), made once per process."""
-    return _engine_for(url or database_url())
+    """The engine for a URL (default: the configured one), made once per process.
+
+    When the configured database cannot be opened, chatting must still work: the engine is
+    an in-memory SQLite database instead and `problem()` says why (the log is not kept).
+    An explicit url is never replaced.
+    """
+    if url is not None:
+        return _engine_for(url)
+    configured = database_url()
+    if configured in _problem:
+        return _memory_engine()
+    try:
+        return _engine_for(configured)
+    except Exception as exc:  # noqa: BLE001 - any failure to open: fall back, say why
+        _problem[configured] = _classify(configured, exc)
+        return _memory_engine()
+
+
+def problem() -> str | None:
+    """Why the configured database is not in use ("unwritable", "bad_url", "unreachable")."""
+    return _problem.get(database_url())
+
+
+def _classify(url: str, exc: Exception) -> str:
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if isinstance(exc, ArgumentError | NoSuchModuleError | ValueError):
+        return "bad_url"
+    if url.startswith("sqlite:"):
+        return "unwritable"
+    return "unreachable"
+
+
+@functools.cache
+def _memory_engine() -> Engine:
+    from sqlalchemy.pool import StaticPool
+
+    # One shared connection, so every thread sees the same in-memory tables.
+    eng = create_engine(MEMORY_URL, poolclass=StaticPool,
+                        connect_args={"check_same_thread": False})
+    metadata.create_all(eng)
+    return eng
 
 
 @functools.cache
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # A file does not drop connections; a database server may, so those are pinged.
-    eng = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):  # SQLite needs the folder for its WAL files
+            raise PermissionError(f"{folder} is not writable")
+    # A file does not drop connections; a database server may, so those are pinged. A
+    # server that is not there fails in seconds, not after the OS's connect timeout.
+    args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    eng = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), connect_args=args)
     if eng.dialect.name == "sqlite":
         event.listen(eng, "connect", _sqlite_pragmas)
     migrate(eng)

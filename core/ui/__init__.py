@@ -11,6 +11,7 @@ from core.ui.session import (
     remove_session_endpoint,
     setup_language,
 )
+from core.ui.storage import database_banner
 
 __all__ = [
     "Choice",
@@ -18,6 +19,7 @@ __all__ = [
     "cached_models",
     "clean_prompt",
     "current_user",
+    "database_banner",
     "endpoints",
     "language_switch",
     "model_picker",
