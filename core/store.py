@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -30,6 +31,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import OperationalError
+
+T = TypeVar("T")
 
 DEFAULT_PATH = Path("data") / "owngpt.sqlite3"
 
@@ -229,8 +232,7 @@ def _lock(conn: Connection) -> None:
     # SQLite: a write lock held for the whole migration; the other process's BEGIN
     # IMMEDIATE waits (busy_timeout, then our retry). PostgreSQL: an advisory lock.
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA busy_timeout=60000")
-        for _ in range(120):
+        for _ in range(24):  # each try waits busy_timeout (5 s): two minutes in all
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 return
@@ -288,5 +290,22 @@ def set_preference(user_id: str, name: str, value: Any, *, eng: Engine | None = 
         index_elements=[preferences.c.user_id, preferences.c.name],
         set_={"value": stmt.excluded.value},
     )
+    retry_locked(lambda: _execute(eng, stmt))
+
+
+def _execute(eng: Engine, stmt: Any) -> None:
     with eng.begin() as conn:
         conn.execute(stmt)
+
+
+def retry_locked(write: Callable[[], T], attempts: int = 3) -> T:
+    """Run a write, retrying a few times when SQLite still says "database is locked" after
+    its busy_timeout (a long writer elsewhere); any other error, or the last, is raised."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
