@@ -90,3 +90,27 @@ def test_auth_configured_but_broken_fails_closed(monkeypatch) -> None:
     at.run()
     assert "Sign-in could not be checked" in screen_text(at)
     assert not at.chat_input  # the chat (and the "local" user's history) is not shown
+
+
+def test_preference_written_by_many_tabs_at_once(tmp_path: Path) -> None:
+    # Read-then-insert let two writers both see "absent" and both insert: an IntegrityError.
+    eng = store.engine(f"sqlite:///{tmp_path / 'prefs.sqlite3'}")
+    errors: list[BaseException] = []
+    for round_ in range(15):
+        barrier = threading.Barrier(6)
+
+        def write(i: int, name: str = f"p{round_}",
+                  barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                store.set_preference("alice", name, i, eng=eng)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assert
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert store.get_preference("alice", f"p{round_}", eng=eng) in range(6)
+    assert errors == []
