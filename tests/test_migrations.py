@@ -108,8 +108,9 @@ def test_empty_database_created_and_stamped_head(tmp_path: Path) -> None:
 
 
 PROCESS = textwrap.dedent("""
-    import sys, time
+    import logging, sys, time
     from core import store
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # alembic's log: stderr
     url = sys.argv[1]
     start = float(sys.argv[2])
     while time.time() < start:
@@ -136,6 +137,9 @@ def test_two_processes_start_at_once_on_an_old_database(tmp_path: Path) -> None:
     for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert out.split() == ["2", store.head()]
+    # Migrated once: exactly one process ran the upgrade; the other waited and saw head.
+    log = "".join(err for _, err in outs)
+    assert log.count("Running upgrade 0001 -> 0002") == 1, log
     eng = store.engine(url)
     with eng.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(store.calls)).scalar() == 2
