@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -25,8 +28,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
+from sqlalchemy.exc import OperationalError
+
+T = TypeVar("T")
 
 DEFAULT_PATH = Path("data") / "owngpt.sqlite3"
 
@@ -150,21 +157,142 @@ def database_url() -> str:
     return url or f"sqlite:///{DEFAULT_PATH}"
 
 
+# Why the configured database could not be used (None when it could): "unwritable",
+# "bad_url" or "unreachable". The app then keeps working on an in-memory SQLite database.
+_problem: dict[str, str] = {}
+MEMORY_URL = "sqlite://"
+
+
 def engine(url: str | None = None) -> Engine:
-    """The engine for a URL (default: the configured one), made once per process."""
-    return _engine_for(url or database_url())
+    """The engine for a URL (default: the configured one), made once per process.
+
+    When the configured database cannot be opened, chatting must still work: the engine is
+    an in-memory SQLite database instead and `problem()` says why (the log is not kept).
+    An explicit url is never replaced.
+    """
+    if url is not None:
+        return _engine_for(url)
+    configured = database_url()
+    if configured in _problem:
+        return _memory_engine()
+    try:
+        return _engine_for(configured)
+    except Exception as exc:  # noqa: BLE001 - any failure to open: fall back, say why
+        _problem[configured] = _classify(configured, exc)
+        return _memory_engine()
+
+
+def problem() -> str | None:
+    """Why the configured database is not in use ("unwritable", "bad_url", "unreachable")."""
+    return _problem.get(database_url())
+
+
+def _classify(url: str, exc: Exception) -> str:
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if isinstance(exc, ArgumentError | NoSuchModuleError | ValueError):
+        return "bad_url"
+    if url.startswith("sqlite:"):
+        return "unwritable"
+    return "unreachable"
+
+
+@functools.cache
+def _memory_engine() -> Engine:
+    from sqlalchemy.pool import StaticPool
+
+    # One shared connection, so every thread sees the same in-memory tables.
+    eng = create_engine(MEMORY_URL, poolclass=StaticPool,
+                        connect_args={"check_same_thread": False})
+    metadata.create_all(eng)
+    return eng
 
 
 @functools.cache
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # A file does not drop connections; a database server may, so those are pinged.
-    eng = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):  # SQLite needs the folder for its WAL files
+            raise PermissionError(f"{folder} is not writable")
+    # A file does not drop connections; a database server may, so those are pinged. A
+    # server that is not there fails in seconds, not after the OS's connect timeout.
+    args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    eng = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), connect_args=args)
     if eng.dialect.name == "sqlite":
         event.listen(eng, "connect", _sqlite_pragmas)
-    metadata.create_all(eng)
+    migrate(eng)
     return eng
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head() -> str:
+    """The newest migration revision."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+
+
+def migrate(eng: Engine) -> None:
+    """Bring the database to the newest schema, once, even with several processes starting.
+
+    An empty database gets create_all and is stamped head (fast: tests make one per test);
+    one made by the old create_all (tables, no alembic_version) is stamped "0001" and
+    upgraded in place, never recreated. A lock makes a second process wait, then see head.
+    """
+    from alembic import command
+
+    with eng.connect() as conn:
+        _lock(conn)
+        try:
+            tables = set(inspect(conn).get_table_names())
+            cfg = _alembic_config(conn)
+            if not tables - {"alembic_version"}:
+                metadata.create_all(conn)
+                command.stamp(cfg, "head")
+            else:
+                if "alembic_version" not in tables:
+                    command.stamp(cfg, "0001")
+                command.upgrade(cfg, "head")
+            conn.commit()
+        finally:
+            _unlock(conn)
+
+
+def _lock(conn: Connection) -> None:
+    # SQLite: a write lock held for the whole migration; the other process's BEGIN
+    # IMMEDIATE waits (busy_timeout, then our retry). PostgreSQL: an advisory lock.
+    if conn.dialect.name == "sqlite":
+        for _ in range(24):  # each try waits busy_timeout (5 s): two minutes in all
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                time.sleep(0.5)
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_lock(712_406_001)")
+
+
+def _unlock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_unlock(712_406_001)")
+        conn.commit()
+    elif conn.dialect.name == "sqlite":
+        conn.rollback()  # no-op after the commit; releases the lock after an error
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -190,10 +318,36 @@ def get_preference(user_id: str, name: str, default: Any = None, *,
 
 
 def set_preference(user_id: str, name: str, value: Any, *, eng: Engine | None = None) -> None:
-    """Remember a choice for this user."""
-    with (eng or engine()).begin() as conn:
-        where = (preferences.c.user_id == user_id) & (preferences.c.name == name)
-        if conn.execute(select(preferences.c.id).where(where)).first():
-            conn.execute(preferences.update().where(where).values(value=value))
-        else:
-            conn.execute(preferences.insert().values(user_id=user_id, name=name, value=value))
+    """Remember a choice for this user: one upsert, so two tabs writing at once cannot both
+    insert (read-then-insert raced into a unique-constraint error)."""
+    eng = eng or engine()
+    if eng.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif eng.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the app supports SQLite and PostgreSQL only
+        raise NotImplementedError(eng.dialect.name)
+    stmt = insert(preferences).values(user_id=user_id, name=name, value=value)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[preferences.c.user_id, preferences.c.name],
+        set_={"value": stmt.excluded.value},
+    )
+    retry_locked(lambda: _execute(eng, stmt))
+
+
+def _execute(eng: Engine, stmt: Any) -> None:
+    with eng.begin() as conn:
+        conn.execute(stmt)
+
+
+def retry_locked(write: Callable[[], T], attempts: int = 3) -> T:
+    """Run a write, retrying a few times when SQLite still says "database is locked" after
+    its busy_timeout (a long writer elsewhere); any other error, or the last, is raised."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -16,6 +16,7 @@ KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 BUILT = {
     "error.": tuple(kind.value for kind in ErrorKind),
     "source.": ("env", "secrets", "session", "auto"),  # Endpoint.source
+    "db.": ("unwritable", "bad_url", "unreachable"),  # store.problem()
 }
 
 

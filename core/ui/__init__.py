@@ -26,6 +26,7 @@ from core.ui.session import (
     remove_session_endpoint,
     setup_language,
 )
+from core.ui.storage import database_banner
 from core.ui.stream import show_run
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "cached_models",
     "clean_prompt",
     "current_user",
+    "database_banner",
     "endpoints",
     "language_switch",
     "mark_interrupted_calls",

@@ -13,14 +13,29 @@ SESSION_ENDPOINTS = "session_endpoints"
 OFF = ("0", "false", "no", "off")
 
 
+def _auth_configured() -> bool:
+    return bool(_secrets().get("auth"))
+
+
 def current_user() -> str:
-    """The signed-in user's email on a shared deployment, else "local"."""
+    """The signed-in user's email on a shared deployment; "local" only when no auth is set up.
+
+    Fails closed: with auth configured, an error or a user without an identity stops the
+    page with a sentence; it never falls back to the shared "local" user's data.
+    """
+    if not _auth_configured():
+        return "local"
     try:
-        if st.user.is_logged_in:
-            return str(st.user.get("email") or st.user.get("sub") or "local")
-    except Exception:  # noqa: BLE001 - no auth configured: a single local user
-        pass
-    return "local"
+        if not st.user.is_logged_in:
+            st.login()
+            st.stop()
+        user = st.user.get("email") or st.user.get("sub")
+    except Exception:  # noqa: BLE001 - whatever broke, nobody gets another user's rows
+        user = None
+    if not user:
+        st.error(t("auth.failed"), icon=":material/lock:")
+        st.stop()
+    return str(user)
 
 
 def setup_language() -> str:

@@ -1,0 +1,1 @@
+"""Alembic migrations for the OwnGPT database; core.store runs them on start."""
