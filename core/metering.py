@@ -29,7 +29,8 @@ from sqlalchemy.exc import OperationalError
 from core import aio, pricing, store
 from core.config import Endpoint
 from core.providers import Message, Params, ProviderError, Reply, Usage, provider_for
-from core.providers.base import ErrorKind, estimate_tokens, log_failure, redact
+from core.providers.base import ErrorKind, log_failure, redact
+from core.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from core.tokens import estimate_messages, estimate_tokens
+
 log = logging.getLogger(__name__)
 
 
@@ -91,12 +93,6 @@ class ProviderError(Exception):
         self.request_id = request_id
         self.context = context
         super().__init__(f"{self.kind.value}: {detail}" if detail else self.kind.value)
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count for when a server reports none: ~4 characters a token, CJK 1 each."""
-    wide = sum(1 for ch in text if ord(ch) > 0x2E80)
-    return wide + (len(text) - wide + 3) // 4
 
 
 class Thinking(str):
@@ -252,7 +248,7 @@ class Reply:
 
     def estimate_usage(self) -> Usage:
         """Usage counted from the text itself, flagged as estimated."""
-        prompt = sum(estimate_tokens(m.content) + 4 for m in self.messages)
+        prompt = estimate_messages(self.messages)
         reasoning = estimate_tokens(self.reasoning)
         return Usage(
             input_tokens=prompt,
