@@ -188,7 +188,8 @@ def save_call(cid: str, turn: int, position: int, call: Any, *,
               eng: Engine | None = None) -> None:
     """`save_answer` from a finished metering.Call (what Run's on_end hands over)."""
     error = getattr(call, "error", None)
-    save_answer(cid, turn, position, text=call.text or "", reasoning=call.reasoning or "",
+    save_answer(cid, turn, position, text=call.text or "",
+                reasoning=getattr(call, "reasoning", "") or "",
                 status=call.status, error_kind=error.kind.value if error else None,
                 call_id=call.row_id, eng=eng)
 
