@@ -11,6 +11,7 @@ from core.i18n import t
 
 st.set_page_config(page_title="OwnGPT", page_icon="💬", layout="wide")
 ui.setup_language()
+ui.mark_interrupted_calls()  # once per process: calls a killed process left running
 
 # The default page is served at / only; it reserves a pathname all the same, so it gets one
 # nobody types, and /chat is a hidden page that switches to it.

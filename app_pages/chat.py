@@ -28,10 +28,9 @@ elif choice is None:
 elif not history:
     st.caption(t("chat.empty", model=choice.model, endpoint=choice.endpoint.name))
 
-for message in history:
-    ui.show_message(message)
+ui.show_history(history)
 
-prompt = st.chat_input(t("chat.placeholder"), submit_mode="stop", disabled=choice is None)
+prompt = st.chat_input(t("chat.placeholder"), disabled=choice is None, on_submit=ui.stop_reply)
 if prompt is not None:
     text = ui.clean_prompt(prompt)
     if text is None:

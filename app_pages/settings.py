@@ -1,13 +1,11 @@
 """Connections: what is configured, does it answer, and adding one for this session."""
 
-import time
-
 import streamlit as st
 
-from core import ui
+from core import connections, ui
 from core.config import PRESETS, ConfigError, make_endpoint
 from core.i18n import t
-from core.providers import OllamaProvider, ProviderError, provider_for
+from core.providers import ProviderError
 
 endpoints, problems = ui.endpoints()
 # After an endpoint is added the page reruns: the list shows it, and the typed key is wiped
@@ -36,7 +34,7 @@ else:
             for e in endpoints
         ],
         hide_index=True,
-        use_container_width=True,
+        width="stretch",
     )
 
 for endpoint in endpoints:
@@ -44,24 +42,26 @@ for endpoint in endpoints:
         left, right = st.columns([1, 1])
         if left.button(t("settings.test"), key=f"test_{endpoint.name}",
                        icon=":material/network_check:"):
-            began = time.perf_counter()
             try:
-                models = ui.cached_models(endpoint, refresh=True)
+                found = connections.check(endpoint)
             except ProviderError as err:
                 ui.show_error(err)
             else:
-                ms = (time.perf_counter() - began) * 1000
-                st.success(t("settings.test_ok", n=len(models), ms=f"{ms:.0f}"),
-                           icon=":material/check_circle:")
-                if models:
-                    st.caption(", ".join(models[:50]))
+                ui.store_models(endpoint, found.models)
+                if found.probed:
+                    st.success(t("settings.test_probe_ok", model=found.probed,
+                                 ms=f"{found.ms:.0f}"), icon=":material/check_circle:")
+                else:
+                    st.success(t("settings.test_ok", n=len(found.models), ms=f"{found.ms:.0f}"),
+                               icon=":material/check_circle:")
+                if found.models:
+                    st.caption(", ".join(found.models[:50]))
         if endpoint.source == "session" and right.button(
             t("settings.remove"), key=f"remove_{endpoint.name}", icon=":material/delete:"
         ):
             ui.remove_session_endpoint(endpoint.name)
             st.rerun()
-        provider = provider_for(endpoint)
-        if isinstance(provider, OllamaProvider):
+        if connections.can_pull(endpoint):
             with st.form(f"pull_form_{endpoint.name}", border=False):
                 name = st.text_input(t("settings.pull_model"), placeholder="llama3.2:1b",
                                      help=t("settings.pull_help"),
@@ -71,7 +71,7 @@ for endpoint in endpoints:
             if pull and name.strip():
                 bar = st.progress(0.0, text=t("settings.pull_start", model=name.strip()))
                 try:
-                    for step in provider.pull(name.strip()):
+                    for step in connections.pull(endpoint, name):
                         bar.progress(step.fraction, text=step.status)
                 except ProviderError as err:
                     ui.show_error(err)
@@ -100,11 +100,14 @@ with st.form("add_endpoint", clear_on_submit=False):
     api_version = st.text_input(t("settings.api_version"), value="2024-10-21") \
         if preset.kind == "azure" else None
     models = st.text_input(t("settings.models"), help=t("settings.models_help"))
+    proxy = st.text_input(t("settings.proxy"), placeholder="socks5://127.0.0.1:7890",
+                          help=t("settings.proxy_help"))
     added = st.form_submit_button(t("settings.add_button"), icon=":material/add:", type="primary")
 if added:
     try:
         endpoint = make_endpoint(name, preset_id, base_url=base_url, api_key=api_key,
-                                 api_version=api_version, models=models.split(","))
+                                 api_version=api_version, models=models.split(","),
+                                 proxy=proxy)
     except ConfigError as err:
         ui.show_config_error(err)
     else:

@@ -1,41 +1,37 @@
-"""What metering costs a streamed answer: the OwnGPT path against the raw `openai` and `ollama`.
+"""What metering costs a streamed answer: the OwnGPT path against the raw async clients.
 
-For each adapter, the fake server streams `--tokens` tokens (default 2,000) as fast as it can
-(or at `--rate` tokens/s) and the benchmark times, from the request to the first non-empty
-content (TTFT) and to the end of the stream (total), on two paths:
+For each adapter, the fake server streams an answer as fast as it can, and two paths are
+timed from the caller's thread, each on the process's one call loop (`core.aio`):
 
-* raw: the SDK alone, one client reused across runs, every chunk consumed;
-* metered: `core.metering.Call` on an endpoint from `core.config.make_endpoint`, as the chat
-  page drives it: adapter, `Reply` bookkeeping, pricing lookup and the one call-log row written
-  to a SQLite database (a temporary file named by DATABASE_URL, as the app reads it). Its
-  stream ends only once the row is written, so that write is inside its total.
+* raw: `openai.AsyncOpenAI` / `ollama.AsyncClient` alone, one client reused across runs, every
+  chunk consumed, driven by `aio.run(...)`;
+* reply: the adapter's `Reply` alone (`provider_for(endpoint).stream(...)` iterated on the
+  loop): what the adapter layer costs, to tell it apart from metering's own share;
+* metered: `Run([Call(...)], on_end=...)` started and waited for, as the chat page drives it:
+  adapter, `Reply` bookkeeping, the row INSERTed when the request goes out and completed at
+  the end (a temporary SQLite file named by DATABASE_URL, as the app reads it), pricing, the
+  hop to the on_end worker. `wait()` returns only once the row is complete.
 
-It also records the CPU time of this process per run: with the servers in their own process
-that is the client's work alone, which other load on the machine disturbs less than wall time.
+Each path runs at two lengths, 1 token (`max_tokens=1`) and `--tokens` (default 2,000), so
+that the extra time of the metered path splits into a fixed cost per call and a cost per
+chunk: fixed = extra(short); per chunk = (extra(long) - extra(short)) / (long - short).
+Extras are metered minus raw within one round (neighbours in time), then the median over
+rounds. Goals (issue 5): fixed <= 2 ms with the row writes, <= 2 us per chunk. The total-time
+ratio on the long answer is printed alongside. CPU time of this process is measured too:
+with the servers in their own process it is the client's work alone, less disturbed by
+other load than wall time.
 
-Runs are interleaved (raw and metered alternate which goes first each round) so drift of the
-machine (CPU frequency, other load) lands on both paths alike. The table prints medians and
-three metered/raw ratios: the median of per-round ratios (the one judged against the target),
-the ratio of medians, and the ratio of the fastest runs.
+    .venv/bin/python -m bench.stream_overhead [--rounds 20] [--tokens 2000]
 
-Run it from the repository root (see bench/README.md):
-
-    .venv/bin/python -m bench.stream_overhead [--rounds 15] [--servers process|thread|both]
-    .venv/bin/python bench/stream_overhead.py --check     # exit 1 when a ratio misses
-    .venv/bin/python -m bench.stream_overhead --profile 5  # then cProfile 5 calls per path
-
-It is a benchmark, not a test: it exits 0 whatever it measures unless `--check` is given.
+It is a benchmark, not a test: it prints figures and asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
-import io
 import os
 import platform
-import pstats
 import re
 import statistics
 import subprocess
@@ -56,93 +52,53 @@ if str(ROOT) not in sys.path:
 import ollama  # noqa: E402
 import openai  # noqa: E402
 
-from core import store  # noqa: E402
+from core import aio, store  # noqa: E402
 from core.config import Endpoint, make_endpoint  # noqa: E402
 from core.metering import Call  # noqa: E402
-from core.providers import Message  # noqa: E402
+from core.providers import Message, Params, provider_for  # noqa: E402
+from core.runner import Run  # noqa: E402
 
 API_KEY = "sk-bench-0123456789abcdef"
 OPENAI_MODEL = "gpt-4o-mini"  # a chat model the fake OpenAI server knows
 OLLAMA_MODEL = "llama3.2:1b"  # a model the fake Ollama server has "pulled"
 PROMPT = "Hello"
-TARGET = 1.05  # the issue's bound on the metered/raw total-time ratio
-SETUPS = ("process", "thread")
+PATHS = ("raw", "reply", "metered")
+FIXED_GOAL_MS = 2.0
+CHUNK_GOAL_US = 2.0
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One streamed answer as the consumer saw it."""
+    """One streamed answer as the caller saw it."""
 
     ttft: float  # seconds from the request to the first non-empty content
-    total: float  # seconds from the request until the stream is exhausted
-    cpu: float  # CPU seconds this process spent meanwhile (client work, in the process setup)
-    chars: int  # answer characters received, to check both paths did the same work
-    tail: float = 0.0  # metered only: seconds after the adapter's stream ended (price + row)
+    total: float  # seconds until the caller has the whole answer (metered: row completed)
+    cpu: float  # CPU seconds of this process meanwhile
+    chars: int  # answer characters, to check both paths did the same work
 
 
 @dataclass
-class Paths:
-    """The two ways to stream from one adapter, and what they measured."""
+class Adapter:
+    """One adapter's two paths, and what they measured per length."""
 
-    adapter: str
-    raw: Callable[[], Sample]
-    metered: Callable[[], Sample]
-    samples: dict[str, list[Sample]] = field(default_factory=lambda: {"raw": [], "metered": []})
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Medians and ratios of one adapter's runs."""
-
-    adapter: str
-    raw_ttft: float
-    raw_total: float
-    raw_cpu: float
-    met_ttft: float
-    met_total: float
-    met_cpu: float
-    met_tail: float
-    ttft_ratio: float  # median of per-round metered/raw ratios
-    total_ratio: float  # median of per-round metered/raw ratios
-    cpu_ratio: float  # median of per-round metered/raw ratios
-    ttft_ratio_of_medians: float
-    total_ratio_of_medians: float
-    cpu_ratio_of_medians: float
-    ttft_ratio_of_bests: float  # fastest metered run over fastest raw run
-    total_ratio_of_bests: float
-    cpu_ratio_of_bests: float
-
-    @property
-    def passed(self) -> bool:
-        """Whether the total-time ratio meets the target (per-round median: robust to drift)."""
-        return self.total_ratio <= TARGET
+    name: str
+    raw: Callable[[int], Sample]
+    reply: Callable[[int], Sample]
+    metered: Callable[[int], Sample]
+    samples: dict[tuple[str, int], list[Sample]] = field(default_factory=dict)
 
 
 # -- the fake servers ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def servers(setup: str, tokens: int, rate: float = 0.0) -> Iterator[tuple[str, str]]:
-    """Both fake servers, streaming `tokens` tokens at `rate` a second (0: as fast as they can);
-    yields the (openai, ollama) URLs.
+def servers(tokens: int) -> Iterator[tuple[str, str]]:
+    """Both fake servers, each in a process of its own; yields the (openai, ollama) URLs.
 
-    "process" (the default) runs each server in a process of its own. The fakes are pure
-    Python: in the benchmark's process their threads would take the GIL in turns with the
-    client, so every microsecond of client-side work would also stall the server, and the
-    ratio would measure GIL contention as much as metering. A real server never shares our
-    interpreter, so the separate process is the honest setup. "thread" is kept to show the
-    difference (and for machines where spawning a process is awkward).
+    The fakes are pure Python: in this process they would take the GIL in turns with the
+    client, and the figures would measure that contention as much as metering.
     """
-    if setup == "thread":
-        from tests.fakes import FakeOllamaServer, FakeOpenAIServer
-
-        with (
-            FakeOpenAIServer(api_key=API_KEY, tokens=tokens, rate=rate) as openai_fake,
-            FakeOllamaServer(tokens=tokens, rate=rate) as ollama_fake,
-        ):
-            yield openai_fake.url, ollama_fake.url
-        return
-    common = ["--port", "0", "--tokens", str(tokens), "--rate", str(rate), "--quiet"]
+    common = ["--port", "0", "--tokens", str(tokens), "--rate", "0", "--quiet"]
     with (
         _server_process("tests.fakes.openai_server", [*common, "--api-key", API_KEY]) as oa_url,
         _server_process("tests.fakes.ollama_server", common) as ol_url,
@@ -152,16 +108,9 @@ def servers(setup: str, tokens: int, rate: float = 0.0) -> Iterator[tuple[str, s
 
 @contextlib.contextmanager
 def _server_process(module: str, args: list[str]) -> Iterator[str]:
-    """One fake server as `python -m module`; yields the URL its banner prints.
-
-    Port 0 lets the OS pick a free port, so there is no race between choosing one and binding.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,  # `-m` finds `tests.fakes` from the working directory
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    """One fake server as `python -m module`; yields the URL its banner prints."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         url = None
@@ -174,7 +123,7 @@ def _server_process(module: str, args: list[str]) -> Iterator[str]:
             raise RuntimeError(f"{module} exited ({proc.wait()}) before printing its URL")
         yield url
     finally:
-        proc.terminate()  # SIGTERM: the fakes stop cleanly on it
+        proc.terminate()
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -187,269 +136,228 @@ def _server_process(module: str, args: list[str]) -> Iterator[str]:
 # -- the paths being timed ----------------------------------------------------------------------
 
 
-def raw_openai(client: openai.OpenAI) -> Sample:
-    """Stream through the `openai` SDK alone, as the adapter asks for it (usage included)."""
+def timed(coro_factory: Callable[[float], object]) -> Sample:
+    """Run one raw coroutine on the call loop, timed from this thread."""
     started, cpu = time.perf_counter(), time.process_time()
-    ttft, chars = None, 0
-    stream = client.chat.completions.create(
-        model=OPENAI_MODEL,
-        messages=[{"role": "user", "content": PROMPT}],
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    for chunk in stream:
+    ttft, chars = aio.run(coro_factory(started))  # type: ignore[arg-type]
+    return Sample(ttft, time.perf_counter() - started, time.process_time() - cpu, chars)
+
+
+async def raw_openai(client: openai.AsyncOpenAI, tokens: int, started: float
+                     ) -> tuple[float, int]:
+    """Stream through the async `openai` SDK alone, as the adapter asks (usage included)."""
+    ttft, chars = 0.0, 0
+    stream = await client.chat.completions.create(
+        model=OPENAI_MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True,
+        stream_options={"include_usage": True}, max_tokens=tokens)
+    async for chunk in stream:
         for choice in chunk.choices:
             content = choice.delta.content
             if content:
-                if ttft is None:
+                if not chars:
                     ttft = time.perf_counter() - started
                 chars += len(content)
-    return Sample(ttft or 0.0, time.perf_counter() - started, time.process_time() - cpu, chars)
+    return ttft, chars
 
 
-def raw_ollama(client: ollama.Client) -> Sample:
-    """Stream through the `ollama` package alone."""
-    started, cpu = time.perf_counter(), time.process_time()
-    ttft, chars = None, 0
-    for part in client.chat(
-        model=OLLAMA_MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
-    ):
+async def raw_ollama(client: ollama.AsyncClient, tokens: int, started: float
+                     ) -> tuple[float, int]:
+    """Stream through the async `ollama` package alone."""
+    ttft, chars = 0.0, 0
+    stream = await client.chat(model=OLLAMA_MODEL, messages=[{"role": "user", "content": PROMPT}],
+                               stream=True, options={"num_predict": tokens})
+    async for part in stream:
         content = part.message.content
         if content:
-            if ttft is None:
+            if not chars:
                 ttft = time.perf_counter() - started
             chars += len(content)
-    return Sample(ttft or 0.0, time.perf_counter() - started, time.process_time() - cpu, chars)
+    return ttft, chars
 
 
-def metered(endpoint: Endpoint, model: str) -> Sample:
-    """Stream through `Call`, as the chat page does: the row is written before the loop ends."""
+async def reply_only(endpoint: Endpoint, model: str, tokens: int, started: float
+                     ) -> tuple[float, int]:
+    """The adapter layer alone: its Reply iterated, no Call, no row."""
+    reply = provider_for(endpoint).stream(model, [Message("user", PROMPT)],
+                                          Params(max_tokens=tokens))
+    async for _ in reply:
+        pass
+    return (reply.started or started) + (reply.ttft or 0.0) - started, len(reply.text)
+
+
+def metered(endpoint: Endpoint, model: str, tokens: int) -> Sample:
+    """The chat page's path: one Call in a Run, an on_end, waited for from this thread."""
     started, cpu = time.perf_counter(), time.process_time()
-    ttft, chars = None, 0
-    call = Call(endpoint, model, [Message("user", PROMPT)], user="bench", source="bench")
-    for text in call:
-        if text:
-            if ttft is None:
-                ttft = time.perf_counter() - started
-            chars += len(text)
+    call = Call(endpoint, model, [Message("user", PROMPT)], Params(max_tokens=tokens),
+                user_id="bench", source="chat")
+    Run([call], on_end=lambda c: None).start().wait()
     total, cpu = time.perf_counter() - started, time.process_time() - cpu
     if call.status != "ok" or call.row_id is None:
         raise RuntimeError(f"metered call did not log an ok row: {call.status} {call.error}")
-    # What follows the adapter's last chunk: pricing lookup and the call-log INSERT.
-    tail = total - (call.reply.started - started) - (call.reply.total or 0.0)
-    return Sample(ttft or 0.0, total, cpu, chars, tail)
+    reply = call.reply
+    ttft = (reply.started or started) + (reply.ttft or 0.0) - started
+    return Sample(ttft, total, cpu, len(call.text))
 
 
-def make_paths(openai_url: str, ollama_url: str) -> list[Paths]:
-    """Both adapters' raw and metered paths, each on one client reused across runs.
-
-    The app reuses its clients too (`provider_for` caches one per endpoint), so neither side
-    pays for building a client or a connection pool inside the timed region.
-    """
-    openai_client = openai.OpenAI(base_url=openai_url, api_key=API_KEY, max_retries=0)
-    ollama_client = ollama.Client(host=ollama_url)
-    openai_endpoint = make_endpoint("bench-openai", "custom", base_url=openai_url,
-                                    api_key=API_KEY, source="env")
-    ollama_endpoint = make_endpoint("bench-ollama", "ollama", base_url=ollama_url, source="env")
+def adapters(openai_url: str, ollama_url: str) -> list[Adapter]:
+    """Both adapters' raw and metered paths, each on one client reused across runs."""
+    oa_client = openai.AsyncOpenAI(base_url=openai_url, api_key=API_KEY, max_retries=0)
+    ol_client = ollama.AsyncClient(host=ollama_url)
+    oa_ep = make_endpoint("bench-openai", "custom", base_url=openai_url, api_key=API_KEY,
+                          source="env")
+    ol_ep = make_endpoint("bench-ollama", "ollama", base_url=ollama_url, source="env")
     return [
-        Paths("openai", lambda: raw_openai(openai_client),
-              lambda: metered(openai_endpoint, OPENAI_MODEL)),
-        Paths("ollama", lambda: raw_ollama(ollama_client),
-              lambda: metered(ollama_endpoint, OLLAMA_MODEL)),
+        Adapter("openai", lambda n: timed(lambda t0: raw_openai(oa_client, n, t0)),
+                lambda n: timed(lambda t0: reply_only(oa_ep, OPENAI_MODEL, n, t0)),
+                lambda n: metered(oa_ep, OPENAI_MODEL, n)),
+        Adapter("ollama", lambda n: timed(lambda t0: raw_ollama(ol_client, n, t0)),
+                lambda n: timed(lambda t0: reply_only(ol_ep, OLLAMA_MODEL, n, t0)),
+                lambda n: metered(ol_ep, OLLAMA_MODEL, n)),
     ]
 
 
 # -- measuring and reporting --------------------------------------------------------------------
 
 
-def measure(paths: list[Paths], rounds: int) -> None:
-    """Warm every path up once, then run `rounds` interleaved rounds into `paths[i].samples`."""
-    for p in paths:
-        # The first call opens the connection, imports lazily and creates the SQLite tables.
-        p.raw()
-        p.metered()
+def measure(found: list[Adapter], lengths: tuple[int, int], rounds: int) -> None:
+    """Warm every path up, then run `rounds` interleaved rounds of all four runs each."""
+    for a in found:
+        for n in lengths:
+            for path in PATHS:
+                getattr(a, path)(n)
     for i in range(rounds):
-        # Alternate who goes first, so a trend over the run (or the first run's leftovers,
-        # such as garbage to collect) does not always fall on the same path.
-        order = ("raw", "metered") if i % 2 == 0 else ("metered", "raw")
-        for p in paths:
-            for name in order:
-                p.samples[name].append(getattr(p, name)())
-    for p in paths:
-        raw_chars = {s.chars for s in p.samples["raw"]}
-        met_chars = {s.chars for s in p.samples["metered"]}
-        if len(raw_chars | met_chars) != 1:
-            raise RuntimeError(f"{p.adapter}: paths received different answers "
-                               f"({sorted(raw_chars)} vs {sorted(met_chars)} characters)")
+        # Alternate the order, so a trend over the run lands on every path alike.
+        order = PATHS if i % 2 == 0 else PATHS[::-1]
+        for a in found:
+            for n in lengths:
+                for path in order:
+                    a.samples.setdefault((path, n), []).append(getattr(a, path)(n))
+    for a in found:
+        for n in lengths:
+            chars = {s.chars for path in PATHS for s in a.samples[(path, n)]}
+            if len(chars) != 1:
+                raise RuntimeError(f"{a.name}: the paths received different answers: {chars}")
 
 
-def summarize(p: Paths) -> Summary:
-    """Medians and metered/raw ratios of one adapter's samples."""
-    raw, met = p.samples["raw"], p.samples["metered"]
+@dataclass(frozen=True)
+class Extra:
+    """What one path costs beyond the raw client."""
 
-    def median(samples: list[Sample], attr: str) -> float:
-        return statistics.median(getattr(s, attr) for s in samples)
+    fixed_ms: float  # per call, wall
+    fixed_cpu_ms: float
+    chunk_us: float  # per chunk, wall
+    chunk_cpu_us: float
+    ratio: float  # median per-round path/raw total time on the long answer
+    cpu_ratio: float
 
-    def per_round(attr: str) -> float:
-        # Runs of one round are neighbours in time, so their ratio cancels slow drift.
-        pairs = zip(raw, met, strict=True)
+
+@dataclass(frozen=True)
+class Summary:
+    """One adapter's figures."""
+
+    name: str
+    medians: dict[tuple[str, int], tuple[float, float, float]]  # ttft, total, cpu (s)
+    extras: dict[str, Extra]  # "reply" (adapter layer) and "metered" (the whole path)
+
+
+def summarize(a: Adapter, lengths: tuple[int, int]) -> Summary:
+    """Medians, and each path's fixed and per-chunk extra over raw, per round."""
+    short, long = lengths
+
+    def extra(path: str, attr: str, n: int) -> list[float]:
+        pairs = zip(a.samples[("raw", n)], a.samples[(path, n)], strict=True)
+        return [getattr(m, attr) - getattr(r, attr) for r, m in pairs]
+
+    def per_chunk(path: str, attr: str) -> float:
+        pairs = zip(extra(path, attr, short), extra(path, attr, long), strict=True)
+        return statistics.median((lo - sh) / (long - short) for sh, lo in pairs)
+
+    def ratio(path: str, attr: str) -> float:
+        pairs = zip(a.samples[("raw", long)], a.samples[(path, long)], strict=True)
         return statistics.median(getattr(m, attr) / max(getattr(r, attr), 1e-9) for r, m in pairs)
 
-    def of_medians(attr: str) -> float:
-        return median(met, attr) / max(median(raw, attr), 1e-9)
-
-    def of_bests(attr: str) -> float:
-        # Other work on the machine only ever adds time, so the fastest run of each path is
-        # the nearest to its intrinsic cost: a cross-check when the medians are noisy.
-        return min(getattr(s, attr) for s in met) / max(min(getattr(s, attr) for s in raw), 1e-9)
-
-    return Summary(
-        adapter=p.adapter,
-        raw_ttft=median(raw, "ttft"),
-        raw_total=median(raw, "total"),
-        raw_cpu=median(raw, "cpu"),
-        met_ttft=median(met, "ttft"),
-        met_total=median(met, "total"),
-        met_cpu=median(met, "cpu"),
-        met_tail=median(met, "tail"),
-        ttft_ratio=per_round("ttft"),
-        total_ratio=per_round("total"),
-        cpu_ratio=per_round("cpu"),
-        ttft_ratio_of_medians=of_medians("ttft"),
-        total_ratio_of_medians=of_medians("total"),
-        cpu_ratio_of_medians=of_medians("cpu"),
-        ttft_ratio_of_bests=of_bests("ttft"),
-        total_ratio_of_bests=of_bests("total"),
-        cpu_ratio_of_bests=of_bests("cpu"),
-    )
+    medians = {key: (statistics.median(s.ttft for s in samples),
+                     statistics.median(s.total for s in samples),
+                     statistics.median(s.cpu for s in samples))
+               for key, samples in a.samples.items()}
+    extras = {path: Extra(
+        fixed_ms=statistics.median(extra(path, "total", short)) * 1e3,
+        fixed_cpu_ms=statistics.median(extra(path, "cpu", short)) * 1e3,
+        chunk_us=per_chunk(path, "total") * 1e6, chunk_cpu_us=per_chunk(path, "cpu") * 1e6,
+        ratio=ratio(path, "total"), cpu_ratio=ratio(path, "cpu")) for path in PATHS[1:]}
+    return Summary(a.name, medians, extras)
 
 
-def table(summaries: list[Summary]) -> str:
-    """The compact table: medians in milliseconds, then three kinds of metered/raw ratio.
-
-    "after" is the part of the metered total that follows the adapter's last chunk: the
-    pricing lookup and the call-log INSERT (the row's own total_s stops before it).
-    """
-    ms = 1e3
-    lines = [f"{'adapter':<7} {'path':<16} {'TTFT ms':>8} {'total ms':>9} {'CPU ms':>8} "
-             f"{'after ms':>8}"]
+def report(summaries: list[Summary], lengths: tuple[int, int]) -> str:
+    """The table of medians, then the fixed and per-chunk costs against their goals."""
+    lines = [f"{'adapter':<7} {'path':<8} {'tokens':>6} {'TTFT ms':>8} {'total ms':>9} "
+             f"{'CPU ms':>8}"]
     for s in summaries:
+        for n in lengths:
+            for path in PATHS:
+                ttft, total, cpu = s.medians[(path, n)]
+                lines.append(f"{s.name:<7} {path:<8} {n:>6} {ttft * 1e3:>8.2f} "
+                             f"{total * 1e3:>9.2f} {cpu * 1e3:>8.2f}")
+    lines += ["", f"{'beyond raw':<18} {'fixed ms':>8} {'(CPU)':>7} {'chunk us':>9} "
+              f"{'(CPU)':>7} {'ratio':>7} {'(CPU)':>7}"]
+    for s in summaries:
+        for path, e in s.extras.items():
+            label = f"{s.name} {'metered' if path == 'metered' else 'adapter only'}"
+            lines.append(f"{label:<18} {e.fixed_ms:>8.2f} {e.fixed_cpu_ms:>7.2f} "
+                         f"{e.chunk_us:>9.2f} {e.chunk_cpu_us:>7.2f} {e.ratio:>6.3f}x "
+                         f"{e.cpu_ratio:>6.3f}x")
+    lines.append("")
+    for s in summaries:
+        e = s.extras["metered"]
         lines += [
-            f"{s.adapter:<7} {'raw':<16} {s.raw_ttft * ms:>8.2f} {s.raw_total * ms:>9.1f}"
-            f" {s.raw_cpu * ms:>8.1f}",
-            f"{s.adapter:<7} {'metered':<16} {s.met_ttft * ms:>8.2f} {s.met_total * ms:>9.1f}"
-            f" {s.met_cpu * ms:>8.1f} {s.met_tail * ms:>8.2f}",
-            f"{s.adapter:<7} {'ratio per-round':<16} {s.ttft_ratio:>7.3f}x {s.total_ratio:>8.3f}x"
-            f" {s.cpu_ratio:>7.3f}x",
-            f"{s.adapter:<7} {'ratio of medians':<16} {s.ttft_ratio_of_medians:>7.3f}x"
-            f" {s.total_ratio_of_medians:>8.3f}x {s.cpu_ratio_of_medians:>7.3f}x",
-            f"{s.adapter:<7} {'ratio of bests':<16} {s.ttft_ratio_of_bests:>7.3f}x"
-            f" {s.total_ratio_of_bests:>8.3f}x {s.cpu_ratio_of_bests:>7.3f}x",
+            f"{s.name}: fixed cost per call {e.fixed_ms:.2f} ms (goal <= {FIXED_GOAL_MS:g} ms, "
+            f"row writes included): {'PASS' if e.fixed_ms <= FIXED_GOAL_MS else 'MISS'}; "
+            f"per chunk {e.chunk_us:.2f} us (goal <= {CHUNK_GOAL_US:g} us): "
+            f"{'PASS' if e.chunk_us <= CHUNK_GOAL_US else 'MISS'}; "
+            f"total ratio on {lengths[1]:,} tokens {e.ratio:.3f}x",
         ]
     return "\n".join(lines)
-
-
-def verdicts(summaries: list[Summary]) -> str:
-    """One line per adapter: the total-time ratio against the target."""
-    return "\n".join(
-        f"{s.adapter} total ratio {s.total_ratio:.3f}x (target <= {TARGET}): "
-        f"{'PASS' if s.passed else 'FAIL'}"
-        for s in summaries
-    )
 
 
 def machine() -> str:
     """What the figures were measured on."""
     versions = ", ".join(f"{name} {metadata.version(name)}"
                          for name in ("openai", "ollama", "httpx", "SQLAlchemy"))
-    return (f"{os.cpu_count()} CPUs, Python {platform.python_version()} "
-            f"({platform.system()} {platform.machine()}); {versions}")
-
-
-def profile(paths: list[Paths], runs: int, top: int) -> None:
-    """cProfile `runs` metered and raw calls per adapter and print where the time goes."""
-    for p in paths:
-        for name in ("raw", "metered"):
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(runs):
-                getattr(p, name)()
-            profiler.disable()
-            out = io.StringIO()
-            stats = pstats.Stats(profiler, stream=out)
-            stats.sort_stats("tottime").print_stats(top)
-            print(f"\n== cProfile: {p.adapter} {name}, {runs} calls, top {top} by own time ==")
-            print(_trim_profile(out.getvalue()))
-
-
-def _load() -> str:
-    """The 1-minute load average: other work on the machine is the main source of noise."""
     try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:  # not every platform has one
-        return "n/a"
-
-
-def _trim_profile(text: str) -> str:
-    """The pstats report without its preamble, paths shortened to what tells them apart."""
-    body = text[text.find("ncalls"):] if "ncalls" in text else text
-    return re.sub(r"\S*/(site-packages|lib/python3\.\d+|main)/", "", body).rstrip()
-
-
-def run_setup(setup: str, tokens: int, rate: float, rounds: int, profile_runs: int
-              ) -> list[Summary]:
-    """Start the servers one way, measure, print the table; returns the summaries."""
-    with servers(setup, tokens, rate) as (openai_url, ollama_url):
-        paths = make_paths(openai_url, ollama_url)
-        measure(paths, rounds)
-        summaries = [summarize(p) for p in paths]
-        where = ("in a separate process each" if setup == "process"
-                 else "in this process (threads)")
-        speed = f"{rate:g} tokens/s" if rate > 0 else "full speed"
-        print(f"\nfake servers {where}; {tokens} tokens at {speed}; {rounds} interleaved "
-              f"rounds; medians; load average now {_load()}")
-        print(table(summaries))
-        print(verdicts(summaries))
-        if profile_runs:
-            profile(paths, profile_runs, top=25)
-    return summaries
+        load = f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        load = "n/a"
+    return (f"{os.cpu_count()} CPUs, Python {platform.python_version()} "
+            f"({platform.system()} {platform.machine()}); {versions}; load average {load}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse options, run the benchmark, print; 1 only when --check and a ratio misses."""
+    """Parse options, run the benchmark, print the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.stream_overhead",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
-    parser.add_argument("--tokens", type=int, default=2000, help="tokens per answer")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="tokens/s the fakes stream at (default 0: as fast as they can)")
-    parser.add_argument("--servers", choices=[*SETUPS, "both"], default="process",
-                        help="fake servers in their own process (default) or in threads here")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if a total-time ratio exceeds the target")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="afterwards, cProfile N calls of each path and print the hot spots")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
+    parser.add_argument("--tokens", type=int, default=2000, help="tokens of the long answer")
     args = parser.parse_args(argv)
-
+    lengths = (1, args.tokens)
     previous_url = os.environ.get("DATABASE_URL")
     with tempfile.TemporaryDirectory(prefix="owngpt-bench-") as tmp:
-        # The app writes through store.engine(), which reads DATABASE_URL: point it at a file
-        # of our own so every metered call really writes its row, and no real log is touched.
+        # The app writes through store.engine(), which reads DATABASE_URL: a file of our own,
+        # so every metered call really writes its row and no real log is touched.
         os.environ["DATABASE_URL"] = f"sqlite:///{Path(tmp) / 'calls.sqlite3'}"
         try:
-            print(f"stream overhead, {time.strftime('%Y-%m-%d %H:%M')}; {machine()}; "
-                  f"load average {_load()}")
-            summaries: list[Summary] = []
-            for setup in SETUPS if args.servers == "both" else (args.servers,):
-                summaries += run_setup(setup, args.tokens, args.rate, args.rounds, args.profile)
+            print(f"stream overhead, {time.strftime('%Y-%m-%d %H:%M')}; {machine()}")
+            with servers(args.tokens) as (openai_url, ollama_url):
+                found = adapters(openai_url, ollama_url)
+                measure(found, lengths, args.rounds)
+            print(f"fake servers in their own processes, full speed; {args.rounds} interleaved "
+                  f"rounds; medians")
+            print(report([summarize(a, lengths) for a in found], lengths))
         finally:
             store.engine().dispose()  # close the file before its directory goes
             if previous_url is None:
                 os.environ.pop("DATABASE_URL", None)
             else:
                 os.environ["DATABASE_URL"] = previous_url
-    if args.check and not all(s.passed for s in summaries):
-        return 1
     return 0
 
 

@@ -40,3 +40,15 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run a coroutine on the call loop and wait for its result (for sync callers)."""
     return submit(coro).result(timeout)
+
+
+async def through_cancel(future: asyncio.Future[T]) -> tuple[T, bool]:
+    """Await a future to its end even if the awaiting task is cancelled meanwhile (a row's
+    write, a conversation's save); returns its result and whether a cancel came."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    return future.result(), cancelled

@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 Kind = Literal["openai", "azure", "ollama"]
 AZURE_API_VERSION = "2024-10-21"
 DEFAULT_HOST = "http://127.0.0.1:11434"  # where a local Ollama listens
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")  # what httpx (with socksio) speaks
 
 
 @dataclass(frozen=True)
@@ -28,33 +29,52 @@ class Preset:
     base_url: str = ""
     key_env: str = ""
     docs: str = ""
+    # Chosen, in this order, when the user has neither used a model nor set default_model.
+    default_models: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
     p.id: p
     for p in (
         Preset("openai", "OpenAI", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY",
-               "https://platform.openai.com/api-keys"),
+               "https://platform.openai.com/api-keys",
+               ("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini", "gpt-4o")),
         Preset("azure", "Azure OpenAI", "azure", "", "AZURE_OPENAI_API_KEY",
                "https://learn.microsoft.com/azure/ai-services/openai/"),
         Preset("ollama", "Ollama", "ollama", DEFAULT_HOST, "", "https://ollama.com/download"),
         Preset("deepseek", "DeepSeek", "openai", "https://api.deepseek.com/v1",
-               "DEEPSEEK_API_KEY", "https://platform.deepseek.com/api_keys"),
+               "DEEPSEEK_API_KEY", "https://platform.deepseek.com/api_keys", ("deepseek-chat",)),
         Preset("qwen", "Qwen (DashScope)", "openai",
                "https://dashscope.aliyuncs.com/compatible-mode/v1", "DASHSCOPE_API_KEY",
-               "https://dashscope.console.aliyun.com/apiKey"),
+               "https://dashscope.console.aliyun.com/apiKey", ("qwen-plus", "qwen-turbo")),
         Preset("moonshot", "Moonshot / Kimi", "openai", "https://api.moonshot.cn/v1",
-               "MOONSHOT_API_KEY", "https://platform.moonshot.cn/console/api-keys"),
+               "MOONSHOT_API_KEY", "https://platform.moonshot.cn/console/api-keys",
+               ("kimi-latest", "moonshot-v1-8k")),
         Preset("zhipu", "Zhipu GLM", "openai", "https://open.bigmodel.cn/api/paas/v4",
-               "ZHIPUAI_API_KEY", "https://open.bigmodel.cn/usercenter/apikeys"),
+               "ZHIPUAI_API_KEY", "https://open.bigmodel.cn/usercenter/apikeys",
+               ("glm-4-flash", "glm-4-plus")),
         Preset("gemini", "Gemini", "openai",
                "https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY",
-               "https://aistudio.google.com/apikey"),
+               "https://aistudio.google.com/apikey",
+               ("gemini-2.0-flash", "gemini-2.5-flash", "gemini-1.5-flash")),
         Preset("openrouter", "OpenRouter", "openai", "https://openrouter.ai/api/v1",
-               "OPENROUTER_API_KEY", "https://openrouter.ai/keys"),
+               "OPENROUTER_API_KEY", "https://openrouter.ai/keys",
+               ("openai/gpt-4o-mini", "deepseek/deepseek-chat")),
         Preset("custom", "OpenAI-compatible", "openai", "", "", ""),
     )
 }
+
+
+def default_model_for(endpoint: Endpoint, models: list[str]) -> str | None:
+    """The model to choose when the user has not picked one: the endpoint's `default_model`,
+    else the first of its preset's defaults the server offers."""
+    if endpoint.default_model:
+        return endpoint.default_model
+    preset = PRESETS.get(endpoint.preset)
+    for model in preset.default_models if preset else ():
+        if model in models:
+            return model
+    return None
 
 
 class ConfigError(ValueError):
@@ -159,6 +179,9 @@ def make_endpoint(
         url = normalize_base_url(url, preset.kind)
     if preset.kind != "ollama" and not (api_key or "").strip() and not is_local_url(url):
         raise ConfigError("config.key_required", name=name)
+    proxy = (proxy or "").strip() or None
+    if proxy and (urlparse(proxy).scheme not in PROXY_SCHEMES or not urlparse(proxy).hostname):
+        raise ConfigError("config.bad_proxy", name=name, proxy=proxy[:200])
     return Endpoint(
         name=name.strip() or preset.label,
         kind=preset.kind,
@@ -169,7 +192,7 @@ def make_endpoint(
         models=tuple(m.strip() for m in models if m and m.strip()),
         source=source,
         default_model=(default_model or "").strip() or None,
-        proxy=(proxy or "").strip() or None,
+        proxy=proxy,
         pricing=pricing,
     )
 
@@ -234,7 +257,8 @@ def load_endpoints(
 def local_ollama(host: str = DEFAULT_HOST, timeout: float = 0.3) -> Endpoint | None:
     """The Ollama answering at the default host, if any: used without asking."""
     try:
-        httpx.get(f"{host}/api/version", timeout=timeout).raise_for_status()
+        # trust_env=False: a SOCKS/HTTP proxy from the environment must not carry loopback.
+        httpx.get(f"{host}/api/version", timeout=timeout, trust_env=False).raise_for_status()
     except httpx.HTTPError:
         return None
     return Endpoint("Ollama", "ollama", host, preset="ollama", source="auto")

@@ -188,3 +188,44 @@ def test_settings_pulls_an_ollama_model_with_progress(db, monkeypatch, ollama_se
     assert "gemma3:1b" in at.get("progress")[0].proto.text
     at.switch_page("app_pages/chat.py").run()
     assert "gemma3:1b" in at.sidebar.selectbox(key="chat_model_Ollama").options
+
+
+def test_an_endpoint_that_is_down_does_not_hide_the_only_model(db, monkeypatch, openai_server):
+    """OLLAMA_HOST set while Ollama is down, and one real model elsewhere: it is chosen."""
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Solo", "base_url": openai_server.url,
+                                "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="chat_endpoint").value == "Solo"
+    assert at.sidebar.selectbox(key="chat_model_Solo").value == "gpt-4o-mini"
+    assert not at.chat_input[0].disabled
+
+
+def test_the_endpoint_default_model_is_chosen_first(db, openai_server):
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Many", "base_url": openai_server.url,
+                                "api_key": API_KEY, "default_model": "gpt-4o"}]
+    at.run()
+    picker = at.sidebar.selectbox(key="chat_model_Many")
+    assert picker.value == "gpt-4o"
+    assert "text-embedding-3-small" not in picker.options and "dall-e-3" not in picker.options
+    assert not at.chat_input[0].disabled
+
+
+def test_the_app_starts_under_a_socks_proxy_and_reaches_a_local_ollama(
+    db, monkeypatch, ollama_server
+):
+    """Clash's ALL_PROXY=socks5://127.0.0.1:7890, here with nothing listening on it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"socks5://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("ALL_PROXY", dead)
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    at = app().run()
+    assert not at.exception and not at.error
+    assert "llama3.2:1b" in at.sidebar.selectbox(key="chat_model_Ollama").options

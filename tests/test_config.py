@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import ConfigError, load_endpoints, make_endpoint, normalize_base_url, read_env
+from core.config import (
+    PRESETS,
+    ConfigError,
+    default_model_for,
+    load_endpoints,
+    make_endpoint,
+    normalize_base_url,
+    read_env,
+)
 
 
 @pytest.mark.parametrize(
@@ -93,3 +101,32 @@ def test_an_ollama_at_the_default_host_is_found(ollama_server):
     found = local_ollama(ollama_server.url)
     assert found is not None and (found.kind, found.source) == ("ollama", "auto")
     assert local_ollama("http://127.0.0.1:9") is None
+
+
+def test_the_default_model_comes_from_the_endpoint_then_its_preset():
+    deepseek = make_endpoint("DeepSeek", "deepseek", api_key="sk-x-123456789")
+    assert default_model_for(deepseek, ["deepseek-reasoner", "deepseek-chat"]) == "deepseek-chat"
+    assert default_model_for(deepseek, ["something-else"]) is None
+    mine = make_endpoint("Mine", "deepseek", api_key="sk-x-123456789",
+                         default_model="deepseek-reasoner")
+    assert default_model_for(mine, ["deepseek-chat"]) == "deepseek-reasoner"
+    openai_ep = make_endpoint("OpenAI", "openai", api_key="sk-x-123456789")
+    assert default_model_for(openai_ep, ["gpt-4o", "gpt-4.1-mini"]) == "gpt-4.1-mini"
+    for preset in ("openai", "deepseek", "qwen", "moonshot", "zhipu", "gemini"):
+        assert PRESETS[preset].default_models, preset
+
+
+def test_an_endpoint_proxy_is_checked():
+    ok = make_endpoint("x", "openai", api_key="sk-x-123456789", proxy=" socks5://127.0.0.1:7890 ")
+    assert ok.proxy == "socks5://127.0.0.1:7890"
+    with pytest.raises(ConfigError) as caught:
+        make_endpoint("x", "openai", api_key="sk-x-123456789", proxy="127.0.0.1:7890")
+    assert caught.value.key == "config.bad_proxy"
+    env: dict[str, str] = {}
+    found, problems = load_endpoints(env, {"endpoints": [
+        {"name": "via clash", "preset": "deepseek", "api_key": "sk-x-123456789",
+         "proxy": "socks5h://127.0.0.1:7890"},
+        {"name": "bad", "preset": "deepseek", "api_key": "sk-x-123456789", "proxy": "ftp://x"},
+    ]})
+    assert [e.proxy for e in found] == ["socks5h://127.0.0.1:7890"]
+    assert [p.key for p in problems] == ["config.bad_proxy"]

@@ -412,3 +412,99 @@ def test_standalone_cli() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# -- clean early ends, empty answers, hang-ups -------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])
+def test_openai_clean_cut_ends_the_iterator_silently(oai: FakeOpenAIServer, fault: str) -> None:
+    """What issue 5 is about: the SDK just stops, with no finish_reason and no usage."""
+    chunks = list(
+        client(oai).chat.completions.create(
+            model=f"fault-{fault}", messages=USER, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and expected().startswith(text) and text != expected()
+    assert all(c.usage is None for c in chunks)
+    assert not any(ch.finish_reason for c in chunks for ch in c.choices)
+    with httpx.stream("POST", oai.url + "/chat/completions", headers={"Authorization":
+                      "Bearer sk-test"}, json={"model": f"fault-{fault}", "messages": USER,
+                                               "stream": True}) as r:
+        body = r.read()
+        chunked = r.headers.get("transfer-encoding") == "chunked"
+    assert chunked == (fault == "cut-chunked")
+    assert b"[DONE]" not in body and b'"finish_reason":"stop"' not in body
+
+
+@pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])
+def test_ollama_clean_cut_ends_without_the_done_line(oll: FakeOllamaServer, fault: str) -> None:
+    parts = list(ollama.Client(host=oll.url).chat(model=f"fault-{fault}", messages=USER,
+                                                   stream=True))
+    text = "".join(p.message.content or "" for p in parts)
+    assert text and expected().startswith(text) and text != expected()
+    assert not any(p.done for p in parts)
+    with httpx.stream("POST", oll.url + "/api/chat",
+                      json={"model": f"fault-{fault}", "messages": USER}) as r:
+        r.read()
+        assert (r.headers.get("transfer-encoding") == "chunked") == (fault == "cut-chunked")
+
+
+def test_empty_answers(oai: FakeOpenAIServer, oll: FakeOllamaServer) -> None:
+    chunks = list(client(oai).chat.completions.create(model="fault-empty", messages=USER,
+                                                      stream=True))
+    assert len(chunks) == 1 and chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].finish_reason is None
+    parts = list(ollama.Client(host=oll.url).chat(model="fault-empty", messages=USER,
+                                                  stream=True))
+    assert len(parts) == 1 and parts[0].done and parts[0].message.content == ""
+
+
+def test_openai_content_filter_and_old_azure(oai: FakeOpenAIServer) -> None:
+    chunks = list(client(oai).chat.completions.create(model="fault-content-filter",
+                                                      messages=USER, stream=True))
+    reasons = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+    assert reasons == ["content_filter"]
+    with pytest.raises(openai.BadRequestError) as exc:
+        client(oai).chat.completions.create(model="fault-old-azure", messages=USER, stream=True,
+                                            stream_options={"include_usage": True})
+    assert "stream_options" in exc.value.message
+    chunks = list(client(oai).chat.completions.create(model="fault-old-azure", messages=USER,
+                                                      stream=True))
+    assert chunks[0].choices == [] and all(c.usage is None for c in chunks)
+
+
+def test_ollama_429_with_retry_after(oll: FakeOllamaServer) -> None:
+    r = httpx.post(oll.url + "/api/chat", json={"model": "fault-429-after", "messages": USER})
+    assert r.status_code == 429 and r.headers["retry-after"] == "30"
+
+
+@pytest.mark.parametrize("cls", [FakeOpenAIServer, FakeOllamaServer])
+def test_the_fake_sees_a_client_hang_up(cls: type) -> None:
+    """While it waits for the first token and while it streams; not after a full answer."""
+    with cls(slow_first_token=30, rate=200, tokens=10_000) as srv:
+        path = "/chat/completions" if cls is FakeOpenAIServer else "/api/chat"
+        headers = {"Authorization": "Bearer sk-test"}
+        srv.rate = 0  # a whole answer, at full speed
+        with httpx.Client(headers=headers) as plain:
+            r = plain.post(srv.url + path, json={"model": "gpt-4o-mini" if cls is
+                           FakeOpenAIServer else "llama3.2:1b", "messages": USER,
+                           "stream": False})
+            assert r.status_code == 200
+        assert srv.hangups == []
+        srv.rate = 200
+        body = {"model": "fault-slow", "messages": USER, "stream": True}
+        # The client gives up while the server still waits for its first token.
+        with (pytest.raises(httpx.ReadTimeout),
+              httpx.stream("POST", srv.url + path, json=body, headers=headers,
+                           timeout=0.2) as r):
+            r.read()  # Ollama waits before its headers, OpenAI after them
+        assert srv.wait_for_hangups(1, timeout=2.0)
+        body = {"model": "fault-reasoning", "messages": USER, "stream": True}
+        with httpx.stream("POST", srv.url + path, json=body, headers=headers) as r:
+            next(r.iter_bytes())  # one token, then close mid-stream
+        assert srv.wait_for_hangups(2, timeout=2.0)
+        assert [p for _, p in srv.hangups] == [path if cls is FakeOllamaServer
+                                               else "/v1" + path] * 2

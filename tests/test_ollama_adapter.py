@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from core import aio
+from core.i18n import t
 from core.providers import ErrorKind, Message, OllamaProvider, Params, ProviderError
+from tests.fakes import FakeOllamaServer
 from tests.fakes.common import reply_tokens
 
 HELLO = [Message("user", "你好 Ollama")]
 
 
 def drain(reply):
-    return "".join(reply)
+    """Iterate the reply to its end on the app's call loop; the text it yielded."""
+    return aio.run(collect(reply), timeout=30)
+
+
+async def collect(reply):
+    return "".join([delta async for delta in reply])
 
 
 def test_streams_text_with_the_final_counters(ollama_server):
@@ -21,7 +31,9 @@ def test_streams_text_with_the_final_counters(ollama_server):
     assert reply.usage.output_tokens == 12 and reply.usage.input_tokens > 0
     assert not reply.usage.estimated
     assert reply.finish_reason == "stop"
-    assert ollama.server_tokens_per_s and ollama.server_tokens_per_s > 0
+    assert reply.server_model == "llama3.2:1b" and reply.load_s is not None
+    assert reply.complete and 0 < reply.ttft <= reply.total
+    assert not hasattr(ollama, "server_tokens_per_s")  # per-call state stays on the reply
     options = ollama_server.requests[-1]["options"]
     assert options == {"temperature": 0.1, "seed": 3}
 
@@ -81,3 +93,104 @@ def test_disconnect_keeps_partial_text(ollama_server):
         drain(reply)
     assert caught.value.kind == ErrorKind.CONNECTION
     assert reply.text.startswith("Echo:")
+
+
+def wait_until(check, timeout=5.0, what="condition"):
+    """Poll `check` until it is true; fail the test when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("moment", ["before the first token", "mid-answer"])
+def test_cancelling_the_task_drops_the_connection(moment):
+    slow = moment == "before the first token"
+    with FakeOllamaServer(slow_first_token=30, rate=0 if slow else 100, tokens=5000) as server:
+        reply = OllamaProvider(server.url).stream(
+            "fault-slow" if slow else "llama3.2:1b", HELLO, Params())
+        future = aio.submit(collect(reply))
+        if slow:
+            wait_until(lambda: server.requests, what="the request to arrive")
+        else:
+            wait_until(lambda: reply.text, what="the first token")
+        future.cancel()
+        # The server would wait 30 s (or stream 50 s) more had the connection stayed open.
+        assert server.wait_for_hangups(1, timeout=2.0), "the server never saw the hang-up"
+        wait_until(lambda: reply.total is not None, what="the reply to settle")
+        assert reply.text == "" if slow else reply.text.startswith("Echo")
+        assert not reply.complete
+
+
+@pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])
+def test_a_stream_that_ends_cleanly_part_way_is_an_error(ollama_server, fault):
+    reply = OllamaProvider(ollama_server.url).stream(f"fault-{fault}", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.kind == ErrorKind.CONNECTION and caught.value.hint == "error.interrupted"
+    full = "".join(reply_tokens("你好 Ollama", 12))
+    assert reply.text and full.startswith(reply.text) and reply.text != full
+    assert not reply.complete and reply.usage.estimated
+
+
+def test_an_empty_answer_says_so(ollama_server):
+    reply = OllamaProvider(ollama_server.url).stream("fault-empty", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.hint == "error.empty_answer"
+    assert caught.value.kind == ErrorKind.SERVER  # the done line came: the server said so
+    assert caught.value.context["model"] == "fault-empty"
+
+
+def test_rate_limit_without_retry_after_names_no_number(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(OllamaProvider(ollama_server.url).stream("fault-429", HELLO, Params()))
+    err = caught.value
+    assert err.kind == ErrorKind.RATE_LIMITED and err.hint == "error.rate_limited_wait"
+    assert err.http_status == 429 and "retry_after" not in err.context
+    assert "?" not in t(err.hint, **err.context)
+
+
+def test_rate_limit_quotes_the_servers_retry_after(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(OllamaProvider(ollama_server.url).stream("fault-429-after", HELLO, Params()))
+    assert caught.value.hint == "error.rate_limited"
+    assert caught.value.context["retry_after"] == "30"
+    assert "30" in t(caught.value.hint, **caught.value.context)
+
+
+def test_pulling_a_model_that_does_not_exist_says_so(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        list(OllamaProvider(ollama_server.url).pull("missing-model"))
+    assert caught.value.kind == ErrorKind.MODEL_NOT_FOUND
+    assert caught.value.hint == "error.pull_missing"
+    assert caught.value.context["model"] == "missing-model"
+
+
+def test_chatting_with_an_embedding_model_says_it_is_not_a_chat_model(ollama_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(OllamaProvider(ollama_server.url).stream("nomic-embed-text", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"
+    assert caught.value.http_status == 400
+
+
+def test_embedding_models_are_left_out_by_their_capabilities(ollama_server):
+    models = OllamaProvider(ollama_server.url).models()
+    assert "llama3.2:1b" in models and "qwen3:0.6b" in models
+    assert "nomic-embed-text:latest" not in models  # /api/show: capabilities ["embedding"]
+
+
+def test_a_failure_of_our_own_is_logged_with_its_traceback(ollama_server, caplog):
+    prov = OllamaProvider(ollama_server.url)
+
+    async def broken(*args, **kwargs):
+        raise KeyError("a bug of ours")
+        yield  # pragma: no cover - makes this an async generator
+
+    prov._events = broken
+    with caplog.at_level("ERROR", logger="core.providers.base"), \
+            pytest.raises(ProviderError) as caught:
+        drain(prov.stream("llama3.2:1b", HELLO, Params()))
+    assert caught.value.hint == "error.unexpected"
+    assert "Traceback" in caplog.text and "a bug of ours" in caplog.text

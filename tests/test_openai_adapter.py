@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from core import aio
 from core.providers import ErrorKind, Message, Params, ProviderError
 from core.providers.openai_adapter import OpenAIProvider, is_chat_model
 from tests.conftest import API_KEY
+from tests.fakes import FakeOpenAIServer
 from tests.fakes.common import reply_tokens
 
 HELLO = [Message("user", "Hello there")]
@@ -18,7 +22,12 @@ def provider(server, **kwargs) -> OpenAIProvider:
 
 
 def drain(reply):
-    return "".join(reply)
+    """Iterate the reply to its end on the app's call loop; the text it yielded."""
+    return aio.run(collect(reply), timeout=30)
+
+
+async def collect(reply):
+    return "".join([delta async for delta in reply])
 
 
 def test_streams_text_and_takes_usage_from_the_server(openai_server):
@@ -131,3 +140,132 @@ def test_a_base_url_without_v1_says_so(openai_server):
     with pytest.raises(ProviderError) as caught:
         drain(bare.stream("gpt-4o-mini", HELLO, Params()))
     assert caught.value.hint == "error.wrong_path"
+
+
+def wait_until(check, timeout=5.0, what="condition"):
+    """Poll `check` until it is true; fail the test when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("moment", "model"),
+    [("before the headers", "fault-slow-headers"), ("before the first token", "fault-slow"),
+     ("mid-answer", "gpt-4o-mini")],
+)
+def test_cancelling_the_task_drops_the_connection(moment, model):
+    slow = moment != "mid-answer"
+    with FakeOpenAIServer(api_key=None, slow_first_token=30, rate=0 if slow else 100,
+                          tokens=5000) as server:
+        reply = OpenAIProvider(api_key="none", base_url=server.url, max_retries=0).stream(
+            model, HELLO, Params())
+        future = aio.submit(collect(reply))
+        if slow:
+            wait_until(lambda: server.requests, what="the request to arrive")
+        else:
+            wait_until(lambda: reply.text, what="the first token")
+        future.cancel()
+        # The server would wait 30 s (or stream 50 s) more had the connection stayed open.
+        assert server.wait_for_hangups(1, timeout=2.0), "the server never saw the hang-up"
+        wait_until(lambda: reply.total is not None, what="the reply to settle")
+        assert reply.text == "" if slow else reply.text.startswith("Echo")
+        assert not reply.complete
+
+
+@pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])
+def test_a_stream_that_ends_cleanly_part_way_is_an_error(openai_server, fault):
+    reply = provider(openai_server).stream(f"fault-{fault}", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.kind == ErrorKind.CONNECTION and caught.value.hint == "error.interrupted"
+    assert caught.value.context["url"] == openai_server.url
+    full = "".join(reply_tokens("Hello there", 12))
+    assert reply.text and full.startswith(reply.text) and reply.text != full
+    assert not reply.complete and reply.usage.estimated and reply.total is not None
+
+
+def test_only_the_role_chunk_then_done_says_the_answer_was_empty(openai_server):
+    reply = provider(openai_server).stream("fault-empty", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.hint == "error.empty_answer" and reply.text == ""
+    assert caught.value.kind == ErrorKind.CONNECTION  # [DONE] is swallowed: no end signal
+
+
+def test_finish_reason_length_ends_normally(openai_server):
+    reply = provider(openai_server).stream("gpt-4o-mini", HELLO, Params(max_tokens=3))
+    assert drain(reply) == "Echo: Hello"
+    assert reply.finish_reason == "length" and reply.complete
+
+
+def test_content_filter_is_an_error_with_the_partial_text(openai_server):
+    reply = provider(openai_server).stream("fault-content-filter", HELLO, Params())
+    with pytest.raises(ProviderError) as caught:
+        drain(reply)
+    assert caught.value.kind == ErrorKind.CONTENT_FILTER
+    assert reply.text.startswith("Echo") and reply.finish_reason == "content_filter"
+
+
+def test_the_server_reported_model_is_kept(openai_server):
+    azure = OpenAIProvider(api_key=API_KEY, azure_endpoint=openai_server.url.removesuffix("/v1"),
+                           api_version="2024-10-21", models=("gpt-4o-mini",), max_retries=0)
+    reply = azure.stream("gpt-4o-mini", HELLO, Params())
+    drain(reply)
+    assert reply.server_model == "gpt-4o-mini"  # Azure's first chunk has model "": skipped
+
+
+def test_an_old_azure_api_version_is_asked_again_without_stream_options(openai_server):
+    azure = OpenAIProvider(api_key=API_KEY, azure_endpoint=openai_server.url.removesuffix("/v1"),
+                           api_version="2024-02-01", models=("fault-old-azure",), max_retries=0)
+    before = len(openai_server.requests)
+    reply = azure.stream("fault-old-azure", HELLO, Params())
+    assert drain(reply).startswith("Echo: Hello there")
+    sent = openai_server.requests[before:]
+    assert ["stream_options" in body for body in sent] == [True, False]
+    assert reply.complete and reply.usage.estimated
+    drain(azure.stream("fault-old-azure", HELLO, Params()))  # remembered: asked once
+    assert "stream_options" not in openai_server.requests[-1]
+    assert len(openai_server.requests) == before + 3
+
+
+def test_errors_carry_the_http_status_and_request_id(openai_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(provider(openai_server).stream("fault-500", HELLO, Params()))
+    assert caught.value.http_status == 500
+    assert caught.value.request_id and caught.value.request_id.startswith("req_")
+
+
+def test_choosing_an_image_model_says_it_is_not_a_chat_model(openai_server):
+    with pytest.raises(ProviderError) as caught:
+        drain(provider(openai_server).stream("dall-e-3", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"
+    assert caught.value.http_status == 404
+
+
+def test_a_failure_of_our_own_is_logged_with_its_traceback_and_no_key(openai_server, caplog):
+    secret = "sk-test-0123456789abcdef"
+    prov = provider(openai_server)
+
+    async def broken(*args, **kwargs):
+        raise ValueError(f"bug while holding {secret}")
+        yield  # pragma: no cover - makes this an async generator
+
+    prov._events = broken
+    with caplog.at_level("ERROR", logger="core.providers.base"), \
+            pytest.raises(ProviderError) as caught:
+        drain(prov.stream("gpt-4o-mini", HELLO, Params()))
+    assert caught.value.hint == "error.unexpected"
+    logged = caplog.text
+    assert "Traceback" in logged and "ValueError" in logged and "broken" in logged
+    assert secret not in logged
+
+
+def test_non_chat_models_are_out_of_the_list_but_still_typeable(openai_server):
+    models = provider(openai_server).models()
+    assert not {"text-embedding-3-small", "dall-e-3", "whisper-1", "tts-1"} & set(models)
+    with pytest.raises(ProviderError) as caught:  # typed anyway: the server's own answer
+        drain(provider(openai_server).stream("text-embedding-3-small", HELLO, Params()))
+    assert caught.value.hint == "error.not_chat_model"

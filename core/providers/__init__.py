@@ -35,14 +35,16 @@ __all__ = [
 def provider_for(endpoint: Endpoint) -> Provider:
     """The adapter for an endpoint, built once so its HTTP connections are reused."""
     if endpoint.kind == "ollama":
-        return OllamaProvider(endpoint.base_url)
+        return OllamaProvider(endpoint.base_url, proxy=endpoint.proxy)
     if endpoint.kind == "azure":
         return OpenAIProvider(
             api_key=endpoint.api_key,
             azure_endpoint=endpoint.base_url,
             api_version=endpoint.api_version,
             models=endpoint.models,
+            proxy=endpoint.proxy,
         )
     return OpenAIProvider(
-        api_key=endpoint.api_key, base_url=endpoint.base_url, models=endpoint.models
+        api_key=endpoint.api_key, base_url=endpoint.base_url, models=endpoint.models,
+        proxy=endpoint.proxy,
     )

@@ -1,14 +1,25 @@
-"""The one contract every model adapter speaks, whatever its wire protocol."""
+"""The one contract every model adapter speaks, whatever its wire protocol.
+
+An adapter implements `Provider._events()`: an async generator that turns its SDK's stream
+into small events (a `str` text delta, a `Thinking` reasoning delta, a `Facts` of what the
+server reported). `Reply` does all the bookkeeping around them: timings, estimated usage,
+cut-off detection and error mapping, so a new wire protocol is one small file.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,9 @@ class ProviderError(Exception):
     """A failed call: its kind, the catalog key of what to do about it, the server's words.
 
     `hint` names an entry of the i18n catalog (default `error.<kind>`); `context` fills its
-    placeholders. `detail` is the server's own message with any key redacted.
+    placeholders. `detail` is the server's own message with any key redacted. `http_status`
+    and `request_id` are the server's, when it gave them (shown under the sentence, kept in
+    the call's row).
     """
 
     def __init__(
@@ -67,11 +80,15 @@ class ProviderError(Exception):
         detail: str = "",
         *,
         hint: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
         **context: Any,
     ) -> None:
         self.kind = ErrorKind(kind)
         self.detail = detail
         self.hint = hint or f"error.{self.kind.value}"
+        self.http_status = http_status
+        self.request_id = request_id
         self.context = context
         super().__init__(f"{self.kind.value}: {detail}" if detail else self.kind.value)
 
@@ -82,30 +99,78 @@ def estimate_tokens(text: str) -> int:
     return wide + (len(text) - wide + 3) // 4
 
 
-class Reply:
-    """A streamed answer. Iterate it for the answer's text deltas ("" when a chunk carried only
-    reasoning, which accumulates in `reasoning`); once exhausted it holds usage, finish reason
-    and timings.
+class Thinking(str):
+    """An adapter event: a piece of reasoning, kept apart from the answer."""
 
-    Adapters' generators run inside `streaming()`, call `push()` for each piece (it keeps the
-    text and the time to first token), fill `usage` and `finish_reason`, and end early when
-    `stopping` is set. The work per chunk is kept to one generator and one call, as a fast
-    local model sends a chunk every few tens of microseconds (see bench/README.md).
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class Facts:
+    """An adapter event: what the server reported besides text. None leaves a fact as it was.
+
+    `complete` is True only on the server's own end-of-answer signal (OpenAI: a finish_reason
+    or the usage chunk; Ollama: the `done: true` line).
     """
 
-    def __init__(self, messages: list[Message]) -> None:
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    server_model: str | None = None
+    load_s: float | None = None
+    complete: bool = False
+
+
+Event = str | Facts  # a str is a text delta; Thinking is a str too
+EMPTY_FINISHES = (None, "stop")  # an empty answer that ended like this told the user nothing
+
+
+class Reply:
+    """A streamed answer. `async for delta in reply` yields the answer's text deltas ("" when
+    a chunk carried only reasoning, which accumulates in `reasoning`); it can be iterated once.
+
+    The request goes out on the first iteration (`started`, a `time.perf_counter()` value, and
+    `started_at`, wall-clock UTC, are set then); `ttft` and `total` are seconds from there.
+    Iteration ends normally only when the server said the answer is complete (`complete`):
+
+    - a stream that just stops, however cleanly (a proxy closing the connection, a chunked
+      body terminated early), raises `ProviderError(CONNECTION, hint="error.interrupted")`,
+      the partial text kept;
+    - a stream that brought no text and no reasoning at all raises a ProviderError with
+      hint "error.empty_answer" (the user is told the answer was empty rather than shown
+      nothing): kind CONNECTION when no end signal came (only the role chunk, then `[DONE]`,
+      which the SDK swallows, looks exactly like a connection closed after the role chunk),
+      kind SERVER when the server did say it was done;
+    - `finish_reason == "content_filter"` raises `ProviderError(CONTENT_FILTER)`, partial
+      text kept; `"length"` ends normally (the caller shows that the answer was cut at the
+      token limit).
+
+    When the server reported no usage, `usage` is estimated from the text and flagged.
+    Cancelling the task that iterates drops the HTTP connection at once (the SDKs close
+    their response on `CancelledError`), also while the first token is still coming.
+    All state of one call lives here, never on the shared, cached `Provider`.
+    """
+
+    def __init__(
+        self,
+        messages: list[Message],
+        events: Callable[[], AsyncIterator[Event]],
+        error: Callable[[Exception, bool], ProviderError],
+    ) -> None:
         self.messages = messages
+        self._events = events
+        self._error = error
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
-        self.started = time.perf_counter()
-        self.ttft: float | None = None  # seconds from request to the first visible token
+        self.server_model: str | None = None  # the model the server says answered
+        self.load_s: float | None = None  # Ollama: seconds spent loading the model
+        self.started: float | None = None
+        self.started_at: datetime | None = None
+        self.ttft: float | None = None  # seconds from request to the first token
         self.total: float | None = None  # seconds from request to the end of the stream
-        self.done = False
-        self.stopping = False  # set from another thread; the adapter ends at the next chunk
-        self._source: Iterator[str] | None = None
-        self._closer: Callable[[], None] | None = None
+        self.complete = False
+        self._iterator: AsyncIterator[str] | None = None
 
     @property
     def text(self) -> str:
@@ -117,38 +182,73 @@ class Reply:
         """The reasoning so far, kept apart from the answer."""
         return "".join(self._reasoning)
 
-    def push(self, text: str, reasoning: str = "") -> str:
-        """Record a piece of the answer; adapters yield what this returns (the text)."""
-        if self.ttft is None:
-            self.ttft = time.perf_counter() - self.started
-        if text:
-            self._text.append(text)
-        if reasoning:
-            self._reasoning.append(reasoning)
-        return text
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._iterator is not None:
+            raise RuntimeError("a Reply can be iterated only once")
+        self._iterator = self._deltas()
+        return self._iterator
 
-    def attach(self, source: Iterator[str], closer: Callable[[], None] | None = None) -> Reply:
-        """Give the reply the adapter's generator (and a way to drop its connection)."""
-        self._source = source
-        self._closer = closer
-        return self
+    async def aclose(self) -> None:
+        """End the stream and release its connection (when a caller stops iterating early)."""
+        if self._iterator is not None:
+            await self._iterator.aclose()  # type: ignore[attr-defined]
 
-    def __iter__(self) -> Iterator[str]:
-        # The adapter's generator itself: no extra layer between the SDK and the caller.
-        assert self._source is not None, "Reply.attach() was not called"
-        return self._source
-
-    @contextlib.contextmanager
-    def streaming(self) -> Iterator[None]:
-        """Wrap an adapter's loop: record the total time however it ends and, when the
-        stream ran out by itself, that it is done, with an estimated usage if none came."""
+    async def _deltas(self) -> AsyncIterator[str]:
+        # Runs once per chunk: locals instead of attribute look-ups, no per-chunk allocation.
+        text, reasoning = self._text.append, self._reasoning.append
+        clock = time.perf_counter
+        self.started_at = datetime.now(UTC)
+        started = self.started = clock()
         try:
-            yield
-            self.done = not self.stopping
-            if self.usage is None:
-                self.usage = self.estimate_usage()
+            async with aclosing(self._events()) as events:
+                async for event in events:
+                    kind = type(event)
+                    if kind is str:
+                        if event:
+                            if self.ttft is None:
+                                self.ttft = clock() - started
+                            text(event)
+                            yield event
+                    elif kind is Thinking:
+                        if self.ttft is None:
+                            self.ttft = clock() - started
+                        reasoning(event)
+                        yield ""
+                    else:
+                        self._take(event)  # type: ignore[arg-type]
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
+            raise self._error(exc, bool(self._text)) from None
         finally:
-            self.total = time.perf_counter() - self.started
+            self.total = clock() - started
+        self._settle()
+
+    def _take(self, facts: Facts) -> None:
+        if facts.usage is not None:
+            self.usage = facts.usage
+        if facts.finish_reason is not None:
+            self.finish_reason = facts.finish_reason
+        if facts.server_model:
+            self.server_model = facts.server_model
+        if facts.load_s is not None:
+            self.load_s = facts.load_s
+        if facts.complete:
+            self.complete = True
+
+    def _settle(self) -> None:
+        """After the stream ran out: estimate usage if none came, then judge how it ended."""
+        if self.usage is None:
+            self.usage = self.estimate_usage()
+        if not self._text and not self._reasoning and self.finish_reason in EMPTY_FINISHES:
+            # Without the end signal this is also a stream that just stopped: kind connection.
+            kind = ErrorKind.SERVER if self.complete else ErrorKind.CONNECTION
+            raise self._error(ProviderError(kind, hint="error.empty_answer"), False)
+        if not self.complete:
+            raise self._error(ProviderError(ErrorKind.CONNECTION, hint="error.interrupted"),
+                              True)
+        if self.finish_reason == "content_filter":
+            raise self._error(ProviderError(ErrorKind.CONTENT_FILTER), bool(self._text))
 
     def estimate_usage(self) -> Usage:
         """Usage counted from the text itself, flagged as estimated."""
@@ -160,13 +260,6 @@ class Reply:
             reasoning_tokens=reasoning,
             estimated=True,
         )
-
-    def close(self) -> None:
-        """End the stream at the next chunk and drop the connection; safe to call twice."""
-        self.stopping = True
-        if self._closer is not None:
-            with contextlib.suppress(Exception):  # a dead connection is already closed
-                self._closer()
 
     @property
     def output_tokens_per_s(self) -> float | None:
@@ -186,15 +279,63 @@ class ModelInfo:
 
 
 class Provider:
-    """An adapter for one wire protocol. Subclasses translate their SDK into this contract."""
+    """An adapter for one wire protocol: it translates its SDK into this contract.
+
+    A provider is cached and shared by every session (`providers.provider_for`): it holds the
+    client and its connection pool, never the state of one call.
+    """
+
+    url: str = ""  # where requests go, without credentials (fills the error sentences)
 
     def models(self) -> list[str]:
         """Model ids the endpoint offers for chat."""
         raise NotImplementedError
 
     def stream(self, model: str, messages: list[Message], params: Params) -> Reply:
-        """Start a chat completion; the returned Reply yields text deltas when iterated."""
+        """A chat completion, not yet sent: iterating the Reply sends it. Does no I/O."""
+
+        def error(exc: Exception, partial: bool) -> ProviderError:
+            return self.error(exc, model=model, partial=partial)
+
+        return Reply(messages, lambda: self._events(model, messages, params), error)
+
+    def _events(self, model: str, messages: list[Message], params: Params) -> AsyncIterator[Event]:
+        """The adapter's part: send the request, yield its stream as events."""
         raise NotImplementedError
+
+    def error(self, exc: Exception, *, model: str = "", partial: bool = False) -> ProviderError:
+        """The SDK's exception as a ProviderError that says what to do, with no key in it.
+
+        A ProviderError raised by the base (cut-off, empty answer) gets the model and URL;
+        anything the adapter does not recognise is a failure of our own, logged with its
+        traceback."""
+        if isinstance(exc, ProviderError):
+            exc.context.setdefault("model", model or "?")
+            exc.context.setdefault("url", self.url)
+            return exc
+        err = self._classify(exc, model=model or "?", partial=partial)
+        if err.hint == "error.unexpected":
+            log_failure(exc, self._secrets())
+        return err
+
+    def _classify(self, exc: Exception, *, model: str, partial: bool) -> ProviderError:
+        """Turn one of the SDK's exceptions into a ProviderError (each adapter's own)."""
+        raise NotImplementedError
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        """Values to blank out of anything logged or shown."""
+        return ()
+
+
+# Any server's models whose names say they cannot chat: embedding, audio, image, moderation.
+NOT_CHAT_WORDS = ("embed", "whisper", "tts", "dall-e", "moderation", "rerank", "transcribe",
+                  "speech", "gpt-image", "imagen", "stable-diffusion")
+
+
+def looks_like_chat(model_id: str) -> bool:
+    """A guess by name for servers that say nothing about what a model can do."""
+    name = model_id.lower()
+    return not any(word in name for word in NOT_CHAT_WORDS)
 
 
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
@@ -206,3 +347,9 @@ def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
         if secret:
             text = text.replace(secret, "***")
     return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
+
+
+def log_failure(exc: BaseException, secrets: tuple[str | None, ...] = ()) -> None:
+    """Log a failure of our own with its traceback, any key blanked out of it."""
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    log.error("unexpected failure in a model call\n%s", redact("".join(lines), secrets))

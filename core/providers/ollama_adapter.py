@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import ollama
 
+from core import aio
 from core.providers.base import (
     ErrorKind,
+    Event,
+    Facts,
     Message,
     ModelInfo,
     Params,
     Provider,
     ProviderError,
-    Reply,
+    Thinking,
     Usage,
+    looks_like_chat,
     redact,
 )
+from core.providers.network import proxy_for
 
 # The ollama client waits forever by default; loading a large model can take minutes.
 TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
@@ -42,23 +49,34 @@ class PullProgress:
 class OllamaProvider(Provider):
     """One Ollama server."""
 
-    def __init__(self, host: str, *, timeout: httpx.Timeout = TIMEOUT) -> None:
-        self.host = host.rstrip("/")
-        self.client = ollama.Client(host=self.host, timeout=timeout)
-        self.server_tokens_per_s: float | None = None
+    def __init__(
+        self, host: str, *, timeout: httpx.Timeout = TIMEOUT, proxy: str | None = None
+    ) -> None:
+        self.host = self.url = host.rstrip("/")
+        # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
+        self.client = ollama.AsyncClient(host=self.host, timeout=timeout,
+                                         proxy=proxy_for(self.host, proxy), trust_env=False,
+                                         event_hooks={"response": [_keep_retry_after]})
 
     def models(self) -> list[str]:
-        """Names of the models pulled on this server."""
+        """Names of the chat models pulled on this server (embedding models left out)."""
         try:
-            listing = self.client.list()
+            return aio.run(self._chat_models())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self.error(exc) from None
-        return sorted(m.model for m in listing.models if m.model)
+
+    async def _chat_models(self) -> list[str]:
+        listing = await self.client.list()
+        names = sorted(m.model for m in listing.models if m.model)
+        # /api/show says what each model can do; asked all at once, it costs one round trip.
+        shown = await asyncio.gather(*(self.client.show(n) for n in names),
+                                     return_exceptions=True)
+        return [name for name, info in zip(names, shown, strict=True) if _can_chat(name, info)]
 
     def details(self, model: str) -> ModelInfo:
         """Family, size, quantization, context length and capabilities of one model."""
         try:
-            shown = self.client.show(model)
+            shown = aio.run(self.client.show(model))
         except Exception as exc:  # noqa: BLE001
             raise self.error(exc, model=model) from None
         info: dict[str, Any] = {}
@@ -72,93 +90,135 @@ class OllamaProvider(Provider):
         return ModelInfo(id=model, details=info)
 
     def pull(self, model: str) -> Iterator[PullProgress]:
-        """Download a model, yielding progress as Ollama reports it."""
+        """Download a model, yielding progress as Ollama reports it (for sync callers)."""
+        steps = self._pull(model)
         try:
-            for step in self.client.pull(model, stream=True):
-                yield PullProgress(step.status or "", step.completed or 0, step.total or 0)
+            while True:
+                try:
+                    step = aio.run(anext(steps))
+                except StopAsyncIteration:
+                    return
+                yield step
         except Exception as exc:  # noqa: BLE001
-            raise self.error(exc, model=model) from None
+            raise self.error(exc, model=model, pulling=True) from None
+        finally:
+            aio.run(steps.aclose())
 
-    def stream(self, model: str, messages: list[Message], params: Params) -> Reply:
-        """Start a streamed chat; the request goes out on first iteration."""
-        reply = Reply(messages)
-        holder: dict[str, Any] = {}
+    async def _pull(self, model: str) -> AsyncIterator[PullProgress]:
+        async with aclosing(await self.client.pull(model, stream=True)) as steps:
+            async for step in steps:
+                yield PullProgress(step.status or "", step.completed or 0, step.total or 0)
 
-        def close() -> None:
-            if "stream" in holder:
-                holder["stream"].close()
-
-        return reply.attach(self._deltas(model, messages, params, reply, holder), close)
-
-    def _deltas(
-        self,
-        model: str,
-        messages: list[Message],
-        params: Params,
-        reply: Reply,
-        holder: dict[str, Any],
-    ) -> Iterator[str]:
+    async def _events(
+        self, model: str, messages: list[Message], params: Params
+    ) -> AsyncIterator[Event]:
         options = {
             "temperature": params.temperature,
             "top_p": params.top_p,
             "num_predict": params.max_tokens,
             "seed": params.seed,
         }
-        with reply.streaming():  # times the stream and settles it, however it ends
-            try:
-                stream = self.client.chat(
-                    model=model,
-                    messages=[{"role": m.role, "content": m.content} for m in messages],
-                    options={k: v for k, v in options.items() if v is not None},
-                    stream=True,
-                )
-                holder["stream"] = stream
-                push = reply.push  # the loop runs once per token: keep it lean
-                for part in stream:
-                    if reply.stopping:  # a running generator cannot be closed from outside
-                        return
-                    message = part.message
-                    text, thinking = message.content, message.thinking
-                    if text or thinking:
-                        yield push(text or "", thinking or "")
-                    if part.done:
-                        reply.finish_reason = part.done_reason or "stop"
-                        reply.usage = _usage(part)
-                        if part.eval_count and part.eval_duration:
-                            self.server_tokens_per_s = part.eval_count / (part.eval_duration / 1e9)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-                raise self.error(exc, model=model, partial=bool(reply.text)) from None
+        stream = await self.client.chat(
+            model=model,
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            options={k: v for k, v in options.items() if v is not None},
+            stream=True,
+        )
+        async with aclosing(stream):  # closes the response however the loop ends
+            async for part in stream:
+                message = part.message
+                if message.thinking:
+                    yield Thinking(message.thinking)
+                if message.content:
+                    yield message.content
+                if part.done:
+                    yield Facts(
+                        usage=_usage(part),
+                        finish_reason=part.done_reason or "stop",
+                        server_model=part.model,
+                        load_s=part.load_duration / 1e9 if part.load_duration else None,
+                        complete=True,
+                    )
 
-    def error(self, exc: Exception, *, model: str = "", partial: bool = False) -> ProviderError:
+    def error(
+        self, exc: Exception, *, model: str = "", partial: bool = False, pulling: bool = False
+    ) -> ProviderError:
         """The client's exception as a ProviderError that says what to do."""
-        if isinstance(exc, ProviderError):
-            return exc
+        err = super().error(exc, model=model, partial=partial)
+        if pulling and err.kind == ErrorKind.SERVER and _pull_missing(err.detail):
+            err = ProviderError(ErrorKind.MODEL_NOT_FOUND, err.detail, hint="error.pull_missing",
+                                http_status=err.http_status, **err.context)
+        return err
+
+    def _classify(self, exc: Exception, *, model: str, partial: bool) -> ProviderError:
         detail = redact(str(getattr(exc, "error", "") or exc))
-        kind, hint = _classify(exc, detail, partial)
-        return ProviderError(kind, detail, hint=hint, model=model or "?", url=self.host,
-                             retry_after="?")
+        kind, hint, extra = _classify(exc, detail, partial)
+        status = getattr(exc, "status_code", None)
+        return ProviderError(kind, detail, hint=hint, model=model, url=self.host,
+                             http_status=status if isinstance(status, int) and status > 0
+                             else None, **extra)
 
 
-def _classify(exc: Exception, detail: str, partial: bool) -> tuple[ErrorKind, str | None]:
-    """Kind and sentence for an exception of the ollama package (or of httpx beneath it)."""
+class RateLimited(ollama.ResponseError):
+    """A 429 with the Retry-After the ollama package would drop (it keeps no headers)."""
+
+    def __init__(self, error: str, retry_after: str | None) -> None:
+        super().__init__(error, 429)
+        self.retry_after = retry_after
+
+
+async def _keep_retry_after(response: httpx.Response) -> None:
+    """httpx response hook: a 429 becomes RateLimited, carrying the server's Retry-After."""
+    if response.status_code == 429:
+        await response.aread()
+        try:
+            error = response.json().get("error") or response.text
+        except ValueError:
+            error = response.text
+        raise RateLimited(str(error), response.headers.get("retry-after"))
+
+
+def _can_chat(name: str, shown: object) -> bool:
+    """Ollama's own word ("completion" in capabilities) first; else a guess by name."""
+    capabilities = getattr(shown, "capabilities", None)
+    if capabilities:
+        return "completion" in capabilities
+    return looks_like_chat(name)
+
+
+def _pull_missing(detail: str) -> bool:
+    words = detail.lower()
+    return "file does not exist" in words or "not found" in words
+
+
+def _classify(
+    exc: Exception, detail: str, partial: bool
+) -> tuple[ErrorKind, str | None, dict[str, str]]:
+    """Kind, sentence and context for an exception of the ollama package (or httpx beneath it)."""
     if isinstance(exc, ollama.ResponseError):
         status, words = exc.status_code, detail.lower()
         if status == 404 or ("not found" in words and "model" in words):
-            return ErrorKind.MODEL_NOT_FOUND, "error.ollama_model_not_found"
+            return ErrorKind.MODEL_NOT_FOUND, "error.ollama_model_not_found", {}
         if status in (401, 403):
-            return ErrorKind.AUTH, None
+            return ErrorKind.AUTH, None, {}
         if status == 429:
-            return ErrorKind.RATE_LIMITED, None
+            after = getattr(exc, "retry_after", None)
+            if after:
+                return ErrorKind.RATE_LIMITED, None, {"retry_after": after}
+            return ErrorKind.RATE_LIMITED, "error.rate_limited_wait", {}
         if "context" in words:
-            return ErrorKind.CONTEXT_TOO_LONG, None
+            return ErrorKind.CONTEXT_TOO_LONG, None, {}
+        if "does not support chat" in words or "does not support generate" in words:
+            return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
         if status in (400, 422):
-            return ErrorKind.BAD_REQUEST, None
-        return ErrorKind.SERVER, None
+            return ErrorKind.BAD_REQUEST, None, {}
+        return ErrorKind.SERVER, None, {}
     if isinstance(exc, httpx.TimeoutException):
-        return ErrorKind.TIMEOUT, None
+        return ErrorKind.TIMEOUT, None, {}
     if isinstance(exc, ConnectionError | httpx.TransportError):
-        return ErrorKind.CONNECTION, "error.interrupted" if partial else "error.ollama_connection"
-    return ErrorKind.SERVER, "error.unexpected"
+        hint = "error.interrupted" if partial else "error.ollama_connection"
+        return ErrorKind.CONNECTION, hint, {}
+    return ErrorKind.SERVER, "error.unexpected", {}
 
 
 def _usage(final: Any) -> Usage:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
 import openai
 
+from core import aio
 from core.providers.base import (
     ErrorKind,
+    Event,
+    Facts,
     Message,
     Params,
     Provider,
     ProviderError,
-    Reply,
+    Thinking,
     Usage,
+    looks_like_chat,
     redact,
 )
+from core.providers.network import proxy_for
 
 # Reasoning models can think for minutes before the first token; connecting should be quick.
 TIMEOUT = openai.Timeout(connect=10.0, read=300.0, write=30.0, pool=10.0)
@@ -47,6 +52,7 @@ class OpenAIProvider(Provider):
         models: tuple[str, ...] = (),
         timeout: openai.Timeout = TIMEOUT,
         max_retries: int = MAX_RETRIES,
+        proxy: str | None = None,
     ) -> None:
         self._api_key = api_key
         self._fixed_models = models
@@ -54,49 +60,57 @@ class OpenAIProvider(Provider):
         # A missing key would make the SDK raise at construction; let the server say 401 instead,
         # as keyless local servers (vLLM, LM Studio, llama.cpp) accept any key.
         key = api_key or "none"
+        target = azure_endpoint or base_url or "https://api.openai.com/v1"
+        # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
+        http_client = openai.DefaultAsyncHttpxClient(proxy=proxy_for(target, proxy),
+                                                     trust_env=False)
         if self.is_azure:
-            self.client: openai.OpenAI = openai.AzureOpenAI(
+            self.client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
                 api_key=key,
                 azure_endpoint=azure_endpoint,
                 api_version=api_version,
                 timeout=timeout,
                 max_retries=max_retries,
+                http_client=http_client,
             )
         else:
-            self.client = openai.OpenAI(
-                api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries
+            self.client = openai.AsyncOpenAI(
+                api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                http_client=http_client,
             )
-        host = urlparse(str(self.client.base_url)).hostname or ""
-        self.is_openai = host == "api.openai.com"
+        self.url = str(self.client.base_url).rstrip("/")
+        self.is_openai = (urlparse(self.url).hostname or "") == "api.openai.com"
+        # What the endpoint accepts (not per-call state): False once it refused stream_options.
+        self.stream_options = True
+
+    @property
+    def base_url(self) -> str:
+        """Where requests go, without credentials."""
+        return self.url
 
     def models(self) -> list[str]:
-        """Chat model ids: the configured list if any (Azure deployments), else the server's."""
+        """Chat model ids: the configured list if any (Azure deployments), else the server's
+        less those whose names say they cannot chat."""
         if self._fixed_models:
             return list(self._fixed_models)
         try:
-            ids = sorted(m.id for m in self.client.models.list())
+            ids = sorted(aio.run(self._list_models()))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self.error(exc) from None
-        return [i for i in ids if is_chat_model(i)] if self.is_openai else ids
+        # Out of the picker, still typeable: the model box accepts any name.
+        return [i for i in ids if (is_chat_model if self.is_openai else looks_like_chat)(i)]
 
-    def stream(self, model: str, messages: list[Message], params: Params) -> Reply:
-        """Start a streamed chat completion; the request goes out on first iteration."""
-        reply = Reply(messages)
-        holder: dict[str, Any] = {}
-
-        def close() -> None:
-            if "stream" in holder:
-                holder["stream"].close()
-
-        return reply.attach(self._deltas(model, messages, params, reply, holder), close)
+    async def _list_models(self) -> list[str]:
+        return [m.id async for m in self.client.models.list()]
 
     def _request(self, model: str, messages: list[Message], params: Params) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if self.stream_options:
+            body["stream_options"] = {"include_usage": True}
         if params.temperature is not None:
             body["temperature"] = params.temperature
         if params.top_p is not None:
@@ -109,52 +123,50 @@ class OpenAIProvider(Provider):
             body[limit] = params.max_tokens
         return body
 
-    def _deltas(
-        self,
-        model: str,
-        messages: list[Message],
-        params: Params,
-        reply: Reply,
-        holder: dict[str, Any],
-    ) -> Iterator[str]:
-        with reply.streaming():  # times the stream and settles it, however it ends
-            try:
-                body = self._request(model, messages, params)
-                stream = self.client.chat.completions.create(**body)
-                holder["stream"] = stream
-                push = reply.push  # the loop runs once per token: keep it lean
-                with stream:
-                    for chunk in stream:
-                        if reply.stopping:
-                            return
-                        if chunk.usage is not None:
-                            reply.usage = _usage(chunk.usage)
-                        # Azure's first chunk and the usage chunk carry no choices: normal.
-                        for choice in chunk.choices:
-                            if choice.finish_reason:
-                                reply.finish_reason = choice.finish_reason
-                            delta = choice.delta
-                            reasoning = _reasoning(delta)
-                            if delta.content or reasoning:
-                                yield push(delta.content or "", reasoning)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-                raise self.error(exc, model=model, partial=bool(reply.text)) from None
-            if reply.finish_reason == "content_filter":
-                raise ProviderError(ErrorKind.CONTENT_FILTER, model=model, url=self.base_url)
+    async def _events(
+        self, model: str, messages: list[Message], params: Params
+    ) -> AsyncIterator[Event]:
+        body = self._request(model, messages, params)
+        try:
+            stream = await self.client.chat.completions.create(**body)
+        except openai.BadRequestError as exc:
+            # Azure api-versions before 2024-09-01 reject stream_options: ask again without it
+            # (usage is then estimated and flagged), and remember it for this endpoint.
+            if "stream_options" not in body or "stream_options" not in str(exc.message):
+                raise
+            self.stream_options = False
+            del body["stream_options"]
+            stream = await self.client.chat.completions.create(**body)
+        seen_model = False
+        async with stream:  # closes the response however the loop ends, cancellation included
+            async for chunk in stream:
+                if not seen_model and chunk.model:  # Azure's first chunk has model ""
+                    seen_model = True
+                    yield Facts(server_model=chunk.model)
+                if chunk.usage is not None:
+                    yield Facts(usage=_usage(chunk.usage), complete=True)
+                # Azure's first chunk and the usage chunk carry no choices: normal.
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta.model_extra:
+                        reasoning = _reasoning(delta.model_extra)
+                        if reasoning:
+                            yield Thinking(reasoning)
+                    if delta.content:
+                        yield delta.content
+                    if choice.finish_reason:
+                        yield Facts(finish_reason=choice.finish_reason, complete=True)
 
-    def error(self, exc: Exception, *, model: str = "", partial: bool = False) -> ProviderError:
-        """The SDK's exception as a ProviderError, with the server's words and no key."""
-        if isinstance(exc, ProviderError):
-            return exc
+    def _classify(self, exc: Exception, *, model: str, partial: bool) -> ProviderError:
         detail = redact(_server_message(exc), (self._api_key,))
         kind, hint, extra = _classify(exc, detail, partial)
-        return ProviderError(kind, detail, hint=hint, model=model or "?", url=self.base_url,
-                             **extra)
+        status = getattr(exc, "status_code", None)
+        return ProviderError(kind, detail, hint=hint, model=model, url=self.url,
+                             http_status=status if isinstance(status, int) else None,
+                             request_id=getattr(exc, "request_id", None), **extra)
 
-    @property
-    def base_url(self) -> str:
-        """Where requests go, without credentials."""
-        return str(self.client.base_url).rstrip("/")
+    def _secrets(self) -> tuple[str | None, ...]:
+        return (self._api_key,)
 
 
 def _classify(
@@ -172,13 +184,18 @@ def _classify(
     if isinstance(exc, openai.RateLimitError):
         if "quota" in words:
             return ErrorKind.RATE_LIMITED, "error.quota", {}
-        return ErrorKind.RATE_LIMITED, None, {
-            "retry_after": exc.response.headers.get("retry-after") or "?"}
+        after = exc.response.headers.get("retry-after")
+        if after:
+            return ErrorKind.RATE_LIMITED, None, {"retry_after": after}
+        return ErrorKind.RATE_LIMITED, "error.rate_limited_wait", {}
     if "context_length" in words or "context length" in words or "too long" in words:
         return ErrorKind.CONTEXT_TOO_LONG, None, {}
     if "content_filter" in words or "content management policy" in words:
         return ErrorKind.CONTENT_FILTER, None, {}
-    if status in (400, 404) and "model" in words and _says_missing(words):
+    if status in (400, 404) and any(w in words for w in _NOT_CHAT_SAYINGS):
+        return ErrorKind.BAD_REQUEST, "error.not_chat_model", {}
+    if status in (400, 404) and ("model" in words or "deployment" in words) \
+            and _says_missing(words):
         return ErrorKind.MODEL_NOT_FOUND, None, {}
     if status == 404:
         return ErrorKind.BAD_REQUEST, "error.wrong_path", {}
@@ -190,9 +207,15 @@ def _classify(
     return ErrorKind.SERVER, "error.unexpected", {}
 
 
+# How OpenAI, vLLM and others refuse a chat with an image, embedding or audio model.
+_NOT_CHAT_SAYINGS = ("not a chat model", "does not support chat", "chat completions api",
+                     "not supported in the v1/chat/completions")
+
+
 def _says_missing(words: str) -> bool:
     return any(w in words for w in ("not found", "not exist", "does not exist", "model_not_found",
-                                    "no such", "unknown model", "invalid model"))
+                                    "no such", "unknown model", "invalid model",
+                                    "deploymentnotfound"))
 
 
 def _server_message(exc: Exception) -> str:
@@ -205,13 +228,10 @@ def _server_message(exc: Exception) -> str:
     return str(exc)
 
 
-def _reasoning(delta: Any) -> str:
+def _reasoning(extra: dict[str, Any]) -> str:
     # DeepSeek, Qwen, vLLM and others send `reasoning_content`; OpenRouter sends `reasoning`.
     # The SDK does not declare them: they sit in model_extra (getattr would raise inside
     # pydantic on every chunk, most of the adapter's cost per chunk).
-    extra = delta.model_extra
-    if not extra:
-        return ""
     for name in ("reasoning_content", "reasoning"):
         value = extra.get(name)
         if isinstance(value, str) and value:

@@ -1,8 +1,9 @@
 """Streamlit widgets the pages share. The only part of core that imports streamlit."""
 
-from core.ui.chat import clean_prompt, send, show_message
+from core.ui.calls import mark_interrupted_calls
+from core.ui.chat import clean_prompt, send, show_history, show_message, stop_reply
 from core.ui.errors import show_config_error, show_error
-from core.ui.pickers import Choice, cached_models, model_picker, params_picker
+from core.ui.pickers import Choice, cached_models, model_picker, params_picker, store_models
 from core.ui.session import (
     add_session_endpoint,
     current_user,
@@ -11,6 +12,7 @@ from core.ui.session import (
     remove_session_endpoint,
     setup_language,
 )
+from core.ui.stream import show_run
 
 __all__ = [
     "Choice",
@@ -20,6 +22,7 @@ __all__ = [
     "current_user",
     "endpoints",
     "language_switch",
+    "mark_interrupted_calls",
     "model_picker",
     "params_picker",
     "remove_session_endpoint",
@@ -27,5 +30,9 @@ __all__ = [
     "setup_language",
     "show_config_error",
     "show_error",
+    "show_history",
     "show_message",
+    "show_run",
+    "stop_reply",
+    "store_models",
 ]

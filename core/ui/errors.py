@@ -15,6 +15,13 @@ def show_error(err: ProviderError, target: st.delta_generator.DeltaGenerator | N
     body = t(err.hint, **err.context)
     if err.detail:
         body += "\n\n" + t("error.server_said", detail=err.detail[:500])
+    facts = []
+    if err.http_status:
+        facts.append(t("error.status", status=err.http_status))
+    if err.request_id:
+        facts.append(t("error.request_id", request_id=err.request_id))
+    if facts:  # what a provider's support asks for
+        body += "\n\n" + " · ".join(facts)
     where.error(body, icon=":material/error:")
 
 

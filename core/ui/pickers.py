@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core import store
-from core.config import Endpoint
+from core.config import Endpoint, default_model_for
 from core.i18n import t
 from core.providers import Params, ProviderError, provider_for
 from core.ui.errors import show_error
@@ -39,18 +39,32 @@ def cached_models(endpoint: Endpoint, *, refresh: bool = False) -> list[str]:
     return found
 
 
+def store_models(endpoint: Endpoint, models: list[str]) -> None:
+    """Keep a list of models the server just gave (a connection test) for the pickers."""
+    st.session_state.setdefault("_models", {})[endpoint] = list(models)
+
+
 def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> Choice | None:
     """Endpoint and model selectors in the sidebar; None until both are chosen.
 
-    With exactly one model available it is chosen without asking; otherwise the last model
-    the user sent a message to is chosen again.
+    Which model is chosen before the user picks one: the only model available, counting only
+    endpoints that answered (an Ollama that is down does not make the choice ambiguous);
+    else the model the user last sent a message to; else the endpoint's `default_model`;
+    else the first of its preset's defaults that the server offers.
     """
     sidebar = st.sidebar
     if not endpoints:
         return None
     last = _last_model(user)
+    answered = _answered(endpoints)
+    only = _only_model(answered)
     names = [e.name for e in endpoints]
-    start = names.index(last["endpoint"]) if last.get("endpoint") in names else 0
+    if only is not None:
+        start = names.index(only.endpoint.name)
+    elif last.get("endpoint") in names:
+        start = names.index(last["endpoint"])
+    else:  # the first endpoint that answered, not one that is down
+        start = next((i for i, e in enumerate(endpoints) if e in answered), 0)
     name = sidebar.selectbox(t("picker.endpoint"), names, index=start, key=f"{key}_endpoint")
     endpoint = endpoints[names.index(name)]
 
@@ -61,14 +75,10 @@ def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> 
     except ProviderError as err:
         show_error(err, sidebar)
         models = []
-    index: int | None = None
-    if len(models) == 1 and len(endpoints) == 1:
-        index = 0
-    elif last.get("endpoint") == endpoint.name and last.get("model") in models:
-        index = models.index(last["model"])
+    options, index = _preselect(endpoint, models, last, only)
     model = sidebar.selectbox(
         t("picker.model"),
-        models,
+        options,
         index=index,
         key=f"{key}_model_{endpoint.name}",
         placeholder=t("picker.model_placeholder"),
@@ -76,6 +86,38 @@ def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> 
         help=t("picker.model_help"),
     )
     return Choice(endpoint, model.strip()) if model and model.strip() else None
+
+
+def _answered(endpoints: list[Endpoint]) -> dict[Endpoint, list[str]]:
+    """The models of every endpoint that answered (each asked once per session)."""
+    found: dict[Endpoint, list[str]] = {}
+    for endpoint in endpoints:
+        try:
+            found[endpoint] = cached_models(endpoint)
+        except ProviderError:
+            continue
+    return found
+
+
+def _only_model(answered: dict[Endpoint, list[str]]) -> Choice | None:
+    pairs = [Choice(e, m) for e, models in answered.items() for m in models]
+    return pairs[0] if len(pairs) == 1 else None
+
+
+def _preselect(
+    endpoint: Endpoint, models: list[str], last: dict[str, str], only: Choice | None
+) -> tuple[list[str], int | None]:
+    """The model options and which one is chosen before the user picks."""
+    if only is not None and only.endpoint == endpoint:
+        return models, models.index(only.model)
+    if last.get("endpoint") == endpoint.name and last.get("model") in models:
+        return models, models.index(last["model"])
+    default = default_model_for(endpoint, models)
+    if default is None:
+        return models, None
+    if default not in models:  # a configured default the server does not list: still offered
+        models = [default, *models]
+    return models, models.index(default)
 
 
 def _last_model(user: str) -> dict[str, str]:

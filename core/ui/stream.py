@@ -1,108 +1,84 @@
-"""Streaming a metered call onto the screen without the script falling behind the model.
+"""Metered calls streaming onto the screen: one placeholder per call, one Stop for all.
 
-A worker thread reads the stream into a queue; the script thread draws at most every 50 ms
-(`st.write_stream` resends the whole text per chunk, quadratic in the answer) and touches
-session state while it waits, so a click on Stop lands within ~0.1 s even before the first
-token. The worker never calls st.*.
+The calls run on the call loop (`core.runner.Run`); the script thread only reads their text
+and redraws each at most every 50 ms (`st.write_stream` resends the whole text per chunk,
+quadratic in the answer: see STREAMLIT-NOTES). Stop is an ordinary button: its callback stops
+the run at the start of the rerun its click triggers, so that very rerun repaints the kept
+partial answers, and nothing is left scheduled to land on the user's next message.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
-from streamlit.runtime import Runtime
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.i18n import t
 from core.metering import Call
-from core.providers import ProviderError
+from core.runner import Run
 
-log = logging.getLogger(__name__)
 FRAME_S = 0.05
-_END = object()
+# How long the Stop click's rerun waits for the calls to settle (they take milliseconds).
+SETTLE_S = 1.0
 
 
-def stream_into(call: Call, message: dict[str, Any]) -> None:
-    """Draw the call's answer in the current container as it streams.
+def show_run(run: Run, slots: Sequence[Any], *, stop_slot: Any | None = None) -> None:
+    """Draw each call of a started run into its slot (one container per call, in order),
+    with one Stop button for all (in `stop_slot`, default: the current position), until
+    every call has ended and its on_end has returned.
 
-    `message` is a plain dict already in the conversation: its content is kept up to date, so
-    a stop (which ends this script run at the next st.* call) still leaves the partial answer.
+    Any rerun (a Stop click, a new message, a widget) ends this script run at the next frame
+    while the calls go on; the next script run can show the same run again with this function.
     """
-    events: queue.Queue[object] = queue.Queue()
-    ctx = get_script_run_ctx()
-    session_id = ctx.session_id if ctx else None
-
-    def read() -> None:
-        try:
-            for delta in call:
-                events.put(delta)
-        except ProviderError:
-            pass  # on call.error, and in the log
-        finally:
-            events.put(_END)
-
-    threading.Thread(target=read, name="owngpt-stream", daemon=True).start()
-    thinking = st.empty()
-    answer = st.empty()
-    answer.markdown(f":gray[{t('chat.waiting')}]")
-    drawn, last_draw, ended = 0, 0.0, False
-    try:
-        while not ended:
-            try:
-                item = events.get(timeout=FRAME_S)
-            except queue.Empty:
-                item = None
-                st.session_state.get("_stream_tick")  # lets a pending Stop take effect
-            while isinstance(item, str):  # take all that is waiting, draw once
-                try:
-                    item = events.get_nowait()
-                except queue.Empty:
-                    item = None
-            ended = item is _END
-            now = time.perf_counter()
-            if ended or now - last_draw >= FRAME_S:
-                reply = call.reply
-                message["content"], message["reasoning"] = reply.text, reply.reasoning
-                if reply.reasoning:
-                    _draw_reasoning(thinking, reply.reasoning, done=bool(reply.text) or ended)
-                if len(reply.text) != drawn or ended:
-                    answer.markdown(reply.text + ("" if ended else " ▌"))
-                    drawn, last_draw = len(reply.text), now
-    finally:
-        message["content"], message["reasoning"] = call.reply.text, call.reply.reasoning
-        message["status"] = "stopped" if not ended else call.status
-        if not ended:  # Stop, or the page went away: end the stream and keep what came
-            call.stop()
-            _redraw_after_stop(session_id)
+    panes = [_Pane(slot) for slot in slots]
+    stop = (stop_slot or st).empty()
+    if not run.finished:
+        stop.button(t("run.stop"), key=f"owngpt_stop_{id(run):x}", icon=":material/stop_circle:",
+                    on_click=stop_run, args=(run,))
+    while True:
+        finished = run.wait(FRAME_S)
+        for pane, call in zip(panes, run.calls, strict=True):
+            pane.draw(call, finished)
+        if finished:
+            break
+        # Reading state is a point where a pending rerun takes effect, as the drawing above
+        # is not while the first token is still coming: a Stop click lands within a frame.
+        st.session_state.get("owngpt_frame")
+    stop.empty()
 
 
-def _redraw_after_stop(session_id: str | None) -> None:
-    """Rerun the page once the stopped run is over, so it shows the kept partial answer.
+def stop_run(run: Run) -> None:
+    """Stop every call of a run and wait for them to settle (a Stop button's callback)."""
+    run.stop()
+    run.wait(SETTLE_S)
 
-    A Stop ends the script where it is and nothing redraws the screen: it would keep the
-    streaming cursor. Streamlit has no public call for this; the session's own rerun request
-    is scheduled on the server's event loop, and where that is unavailable (AppTest) the
-    next interaction redraws instead.
-    """
-    if session_id is None or not Runtime.exists():
-        return
 
-    def rerun() -> None:
-        try:
-            runtime = Runtime.instance()
-            info = runtime._session_mgr.get_active_session_info(session_id)
-            if info is not None:
-                runtime._get_async_objs().eventloop.call_soon_threadsafe(
-                    info.session.request_rerun, None)
-        except Exception:  # the next interaction redraws anyway
-            log.debug("could not redraw after stop", exc_info=True)
+class _Pane:
+    """One call's place on screen: its reasoning (folded once the answer starts) and answer."""
 
-    threading.Timer(0.3, rerun).start()
+    def __init__(self, slot: Any) -> None:
+        with slot:
+            self.thinking = st.empty()
+            self.answer = st.empty()
+        self.answer.markdown(f":gray[{t('chat.waiting')}]")
+        self.drawn = 0
+        self.thought: tuple[int, bool] = (0, False)
+
+    def draw(self, call: Call, finished: bool) -> None:
+        text, reasoning = call.text, call.reasoning
+        thought = (len(reasoning), bool(text) or finished)
+        if reasoning and thought != self.thought:
+            _draw_reasoning(self.thinking, reasoning, done=thought[1])
+            self.thought = thought
+        if finished:
+            if text:
+                self.answer.markdown(text)
+            else:
+                self.answer.empty()
+        elif len(text) != self.drawn:
+            self.answer.markdown(text + " ▌")
+            self.drawn = len(text)
 
 
 def _draw_reasoning(slot: Any, reasoning: str, *, done: bool) -> None:

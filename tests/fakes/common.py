@@ -36,7 +36,16 @@ COMMON_FAULTS: tuple[str, ...] = (
     "context",
     "reasoning",
     "stream-error",
+    # The stream ends cleanly part-way, as a proxy or a crashed worker makes it: the body is
+    # delimited by closing the connection (HTTP/1.1 without length or chunking) ...
+    "cut-close",
+    # ... or the chunked body is properly terminated (0-length chunk) before the end.
+    "cut-chunked",
+    # Nothing but the opening (OpenAI: the role chunk, then [DONE]; Ollama: a done line).
+    "empty",
 )
+# Faults that end a streamed body cleanly before the server's end-of-answer signal.
+CLEAN_CUTS: tuple[str, ...] = ("cut-close", "cut-chunked")
 FAULT_PREFIX = "fault-"
 # Out-of-band control endpoint, so a separate process (e2e, a person) can flip settings.
 CONTROL_PATH = "/_fake/config"
@@ -141,8 +150,13 @@ def make_plan(
         content = content[:limit]
         finish = "length"
     plan = ReplyPlan(list(THINKING_TOKENS) if thinking else [], content, finish)
-    if fault in ("disconnect", "stream-error"):
+    if fault in ("disconnect", "stream-error", *CLEAN_CUTS):
         plan.cut = max(1, plan.total // 2)
+    elif fault == "empty":
+        plan.thinking, plan.content = [], []
+    elif fault == "content-filter":
+        plan.content = plan.content[: max(1, len(plan.content) // 2)]
+        plan.finish_reason = "content_filter"
     return plan
 
 
@@ -150,18 +164,56 @@ class Aborted(Exception):
     """Raised inside a handler to drop the connection (server stopping)."""
 
 
-class Pacer:
-    """Paces tokens at `rate` per second against a fixed schedule; never sleeps when rate is 0."""
+class HungUp(Aborted):
+    """Raised inside a handler when the client closed the connection mid-response."""
 
-    def __init__(self, rate: float, stopping: threading.Event) -> None:
+
+# How often a waiting handler looks whether its client hung up: the stop benchmark's resolution.
+HANGUP_POLL = 0.002
+
+
+def peer_closed(conn: socket.socket) -> bool:
+    """Whether the client closed its side (EOF or reset), without consuming any byte."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class Pacer:
+    """Paces tokens at `rate` per second against a fixed schedule; never sleeps when rate is 0.
+
+    With a connection to watch, every wait also notices the client hanging up (the way a real
+    server stops generating): it raises HungUp within HANGUP_POLL seconds.
+    """
+
+    def __init__(
+        self, rate: float, stopping: threading.Event, conn: socket.socket | None = None
+    ) -> None:
         self.rate = rate
         self._stopping = stopping
+        self._conn = conn
         self._t0: float | None = None
 
     def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up and raise Aborted as soon as the server stops."""
-        if seconds > 0 and self._stopping.wait(seconds):
-            raise Aborted
+        """Sleep, but wake up and raise Aborted as soon as the server stops or the client goes."""
+        if seconds <= 0:
+            return
+        if self._conn is None:
+            if self._stopping.wait(seconds):
+                raise Aborted
+            return
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if self._stopping.wait(min(left, HANGUP_POLL)):
+                raise Aborted
+            if peer_closed(self._conn):
+                raise HungUp
 
     def wait(self, index: int) -> None:
         """Wait until token number `index` is due."""
@@ -266,6 +318,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.headers_sent = False
+        self.chunked = True
         self.started = time.monotonic()
         self.started_ns = time.time_ns()
         # Always consume the body first: replying early would desync a keep-alive connection.
@@ -276,7 +329,15 @@ class FakeHandler(BaseHTTPRequestHandler):
                 self.fake.control(self)
             else:
                 self.fake.dispatch(self)
-        except (OSError, Aborted):
+        except HungUp:
+            self.fake._hung_up(self)
+            raise
+        except OSError:
+            # A write to a client that has gone (our own abort() sets close_connection first).
+            if not self.close_connection and not self.fake._stopping.is_set():
+                self.fake._hung_up(self)
+            raise
+        except Aborted:
             raise
         except Exception:
             log.exception("fake server bug while handling %s %s", self.command, self.path)
@@ -340,24 +401,45 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.send_bytes(status, dumps(obj), "application/json; charset=utf-8", headers)
 
     def begin_stream(
-        self, status: int, content_type: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        *,
+        until_close: bool = False,
     ) -> None:
-        """Send headers for a chunked stream (so a cut connection is detectable by clients)."""
+        """Send headers for a chunked stream (so a cut connection is detectable by clients).
+
+        `until_close` sends an HTTP/1.1 body delimited by closing the connection instead (no
+        length, no chunking), as some proxies do: the client cannot tell a cut from an end."""
         self._head(status, headers)
         self.send_header("Content-Type", content_type)
-        self.send_header("Transfer-Encoding", "chunked")
+        self.chunked = not until_close
+        if self.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.headers_sent = True
 
     def write_chunk(self, data: bytes) -> None:
         """Write one chunk in a single send."""
-        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if self.chunked:
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.wfile.write(data)
         self.wfile.flush()
 
     def end_stream(self) -> None:
-        """Write the terminating zero-length chunk."""
-        self.wfile.write(b"0\r\n\r\n")
+        """End the body cleanly: the zero-length chunk, or closing the connection."""
+        if self.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
         self.wfile.flush()
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
 
     def abort(self) -> None:
         """Cut the connection abruptly: no terminating chunk, no further bytes."""
@@ -411,6 +493,10 @@ class FakeServer:
         self.headers: list[dict[str, str]] = []
         # (method, path) of every request, for routing assertions.
         self.calls: list[tuple[str, str]] = []
+        # Responses whose client hung up before the end (waiting or streaming): how many,
+        # when (time.monotonic()) and which path; `wait_for_hangups` waits on them.
+        self.hangups: list[tuple[float, str]] = []
+        self._hangup = threading.Condition()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -482,9 +568,22 @@ class FakeServer:
         with self._lock:
             self._conns.discard(conn)
 
-    def pacer(self, fault: str | None = None) -> Pacer:
-        """A pacer for one reply at the current rate; the "slow" fault first waits its delay."""
-        pacer = Pacer(self.rate, self._stopping)
+    def _hung_up(self, handler: FakeHandler) -> None:
+        handler.close_connection = True
+        with self._hangup:
+            self.hangups.append((time.monotonic(), handler.path))
+            self._hangup.notify_all()
+
+    def wait_for_hangups(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """Wait until `count` responses in all saw their client hang up; False on timeout."""
+        with self._hangup:
+            return self._hangup.wait_for(lambda: len(self.hangups) >= count, timeout)
+
+    def pacer(self, fault: str | None = None, handler: FakeHandler | None = None) -> Pacer:
+        """A pacer for one reply at the current rate; the "slow" fault first waits its delay.
+
+        Given the handler, its waits notice the client hanging up (see `hangups`)."""
+        pacer = Pacer(self.rate, self._stopping, handler.connection if handler else None)
         if fault == "slow":
             pacer.sleep(self.slow_first_token)
         return pacer

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Unpack
 
 from tests.fakes.common import (
+    CLEAN_CUTS,
     COMMON_FAULTS,
     FakeHandler,
     FakeServer,
@@ -30,7 +31,10 @@ MODIFIED_AT = "2025-06-01T12:00:00.000000000Z"
 # A warm model still reports a little load time; the fake adds this constant.
 LOAD_NS = 1_000_000
 KEEP_ALIVE_S = 300
-OLLAMA_FAULTS: tuple[str, ...] = COMMON_FAULTS
+OLLAMA_FAULTS: tuple[str, ...] = (
+    *COMMON_FAULTS,
+    "429-after",  # a 429 that says when to retry (Retry-After: 30), as a proxy in front may
+)
 ERROR_500 = "llama runner process has terminated: exit status 2"
 ERROR_429 = "too many requests, please try again later"
 ERROR_CONTEXT = "input length exceeds maximum context length"
@@ -56,6 +60,7 @@ class OllamaModel:
     size: int = 1_321_098_329
     context_length: int = 131_072
     thinking: bool = False
+    embedding: bool = False  # an embedding model: /api/chat refuses it
 
     @property
     def digest(self) -> str:
@@ -77,6 +82,8 @@ class OllamaModel:
     @property
     def capabilities(self) -> list[str]:
         """Capabilities reported by /api/show."""
+        if self.embedding:
+            return ["embedding"]
         return ["completion", "thinking"] if self.thinking else ["completion"]
 
 
@@ -91,6 +98,16 @@ BUILTIN_MODELS: tuple[OllamaModel, ...] = (
         size=522_653_767,
         context_length=40_960,
         thinking=True,
+    ),
+    OllamaModel(
+        "nomic-embed-text:latest",
+        family="nomic-bert",
+        parameter_size="137M",
+        parameter_count=136_727_040,
+        quantization_level="F16",
+        size=274_302_450,
+        context_length=2048,
+        embedding=True,
     ),
 )
 
@@ -254,7 +271,7 @@ class FakeOllamaServer(FakeServer):
                 {"status": "writing manifest"},
                 {"status": "success"},
             ]
-        pacer = self.pacer()
+        pacer = self.pacer(None, handler)
         if body.get("stream", True) is False:
             # Non-streaming pulls answer once at the end; errors become a 500 like Ollama's.
             if missing:
@@ -286,6 +303,9 @@ class FakeOllamaServer(FakeServer):
         if model is None:
             handler.send_json(404, {"error": f'model "{name}" not found, try pulling it first'})
             return
+        if model.embedding:
+            handler.send_json(400, {"error": f'"{name}" does not support chat'})
+            return
         fault = self.resolve_fault(name)
         think = body.get("think")
         wants_thinking = bool(think) and think not in ("false", "none")
@@ -294,6 +314,9 @@ class FakeOllamaServer(FakeServer):
             return
         if fault == "429":
             handler.send_json(429, {"error": ERROR_429})
+            return
+        if fault == "429-after":
+            handler.send_json(429, {"error": ERROR_429}, {"Retry-After": "30"})
             return
         if fault == "500":
             handler.send_json(500, {"error": ERROR_500})
@@ -356,7 +379,7 @@ class FakeOllamaServer(FakeServer):
     ) -> None:
         """NDJSON stream: one line per token, then the done line with counters."""
         # Ollama sends its headers with the first token, so the "slow" wait comes before them.
-        pacer = self.pacer(fault)
+        pacer = self.pacer(fault, handler)
         first = time.monotonic()
         pre = '{"model":' + jstr(name) + ',"created_at":"'
         content_mid = '","message":{"role":"assistant","content":'
@@ -369,11 +392,14 @@ class FakeOllamaServer(FakeServer):
         def encode_thinking(tok: str) -> bytes:
             return (pre + rfc3339() + think_mid + jstr(tok) + post).encode()
 
-        handler.begin_stream(200, NDJSON)
+        handler.begin_stream(200, NDJSON, until_close=fault == "cut-close")
         sent = emit_tokens(handler, plan, pacer, encode_thinking, encode_content)
         if plan.cut is not None:
             if fault == "disconnect":
                 handler.abort()
+                return
+            if fault in CLEAN_CUTS:
+                handler.end_stream()  # no done line
                 return
             # Ollama reports failures after the headers as an {"error": ...} line.
             handler.write_chunk(dumps({"error": ERROR_STREAM}) + b"\n")

@@ -9,10 +9,12 @@ from typing import Any, ClassVar, Unpack
 from urllib.parse import parse_qs, unquote
 
 from tests.fakes.common import (
+    CLEAN_CUTS,
     COMMON_FAULTS,
     FAULT_PREFIX,
     FakeHandler,
     FakeServer,
+    Pacer,
     ReplyPlan,
     ServerSettings,
     dumps,
@@ -30,7 +32,16 @@ CHAT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "deepseek-reasoner")
 NON_CHAT_MODELS: tuple[str, ...] = ("text-embedding-3-small", "dall-e-3", "whisper-1", "tts-1")
 # Models that always stream `reasoning_content` first, like DeepSeek's reasoner.
 REASONING_MODELS: tuple[str, ...] = ("deepseek-reasoner",)
-OPENAI_FAULTS: tuple[str, ...] = (*COMMON_FAULTS, "no-usage", "azure")
+OPENAI_FAULTS: tuple[str, ...] = (
+    *COMMON_FAULTS,
+    "no-usage",
+    "azure",
+    "content-filter",  # half the answer, then finish_reason "content_filter"
+    "old-azure",  # an older Azure api-version: rejects stream_options with a 400
+    "slow-headers",  # the "slow" wait before the response headers rather than after them
+)
+# What Azure answers an api-version older than 2024-09-01 that is sent stream_options.
+AZURE_STREAM_OPTIONS_MESSAGE = "Unrecognized request argument supplied: stream_options"
 MODEL_OWNERS: dict[str, tuple[str, int]] = {
     "gpt-4o-mini": ("system", 1721172741),
     "gpt-4o": ("system", 1715367049),
@@ -256,6 +267,10 @@ class FakeOpenAIServer(FakeServer):
             return
         messages = body["messages"]
         fault = self.resolve_fault(model)
+        if fault == "old-azure" and "stream_options" in body:
+            body400 = error_body(AZURE_STREAM_OPTIONS_MESSAGE, "invalid_request_error")
+            self._send(handler, 400, body400)
+            return
         if fault == "429":
             message = (
                 f"Rate limit reached for {model} in organization org-fake on requests per min "
@@ -284,7 +299,7 @@ class FakeOpenAIServer(FakeServer):
             model=model,
             plan=plan,
             fault=fault,
-            azure=azure or fault == "azure",
+            azure=azure or fault in ("azure", "old-azure"),
             prompt_tokens=estimate_prompt_tokens(messages),
         )
         if body.get("stream"):
@@ -398,10 +413,13 @@ class FakeOpenAIServer(FakeServer):
         def encode_thinking(tok: str) -> bytes:
             return think_pre + jstr(tok).encode() + think_post
 
+        if fault == "slow-headers":
+            Pacer(0, self._stopping, handler.connection).sleep(self.slow_first_token)
         handler.begin_stream(
             200,
             "text/event-stream; charset=utf-8",
             {"x-request-id": "req_" + secrets.token_hex(16), "Cache-Control": "no-cache"},
+            until_close=fault == "cut-close",
         )
         write = handler.write_chunk
         if reply.azure:
@@ -415,12 +433,19 @@ class FakeOpenAIServer(FakeServer):
                 "prompt_filter_results": PROMPT_FILTER_RESULTS,
             }
             write(b"data: " + dumps(first) + b"\n\n")
-        pacer = self.pacer(fault)
+        pacer = self.pacer(fault, handler)
         write((head + '{"role":"assistant","content":"","refusal":null}' + tail(None)).encode())
         sent = emit_tokens(handler, plan, pacer, encode_thinking, encode_content)
+        if fault == "empty":
+            write(b"data: [DONE]\n\n")
+            handler.end_stream()
+            return
         if plan.cut is not None:
             if fault == "disconnect":
                 handler.abort()
+                return
+            if fault in CLEAN_CUTS:
+                handler.end_stream()  # no finish_reason, no usage, no [DONE]
                 return
             # Mid-stream error event, as OpenAI sends when generation fails after starting.
             write(b"data: " + dumps(error_body(SERVER_ERROR_MESSAGE, "server_error")) + b"\n\n")

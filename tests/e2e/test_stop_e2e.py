@@ -1,0 +1,126 @@
+"""Stop in a real browser: the request is dropped, the partial answer kept with its numbers,
+and a message sent right after is answered in full."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import API_KEY, call_rows
+from tests.e2e.conftest import choose_model, send
+
+STOPPED = "Stopped. The partial answer is kept."
+
+
+@pytest.fixture(scope="module")
+def app(start_app, e2e_openai):
+    return start_app(OPENAI_BASE_URL=e2e_openai.url, OPENAI_API_KEY=API_KEY)
+
+
+@pytest.fixture
+def long_answers(e2e_openai):
+    """Answers of 300 tokens at 150 a second: two seconds to click Stop in."""
+    e2e_openai.tokens, e2e_openai.rate = 300, 150
+    yield
+    e2e_openai.tokens, e2e_openai.rate = 40, 80
+
+
+def assistants(page: Page):
+    return page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarAssistant"))
+
+
+def stop_button(page: Page):
+    return page.locator("[class*='st-key-owngpt_stop_']").get_by_role("button")
+
+
+def wait_rows(app, check, timeout: float = 10.0) -> list[dict]:
+    """The call log once `check(rows)` holds; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not check(rows := call_rows(app.db)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the call log never got there: {[r['status'] for r in rows]}")
+        time.sleep(0.1)
+    return rows
+
+
+def test_stop_mid_answer_then_a_message_sent_at_once_is_answered_in_full(
+        app, browser, long_answers):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "First question")
+    first = assistants(page).last
+    expect(first).to_contain_text("Echo: First question")
+    expect(first).to_contain_text("▌")  # mid-answer
+    stop_button(page).click()
+    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=3_000)
+    first = assistants(page).last
+    # Generated and billed: the stopped answer shows its tokens (estimated) and its cost.
+    expect(first).to_contain_text("tokens (estimated)")
+    expect(first).to_contain_text("free")  # a server on this machine, unpriced
+    expect(first).not_to_contain_text("▌")
+    send(page, "Second question")  # right away: nothing scheduled may cut it off
+    second = assistants(page).nth(1)
+    expect(second).to_contain_text("Echo: Second question")
+    expect(second).to_contain_text("tokens/s", timeout=15_000)  # finished, with its numbers
+    expect(second).not_to_contain_text("▌")
+    expect(page.get_by_text(STOPPED)).to_have_count(1)
+    expect(stop_button(page)).to_have_count(0)
+    rows = wait_rows(app, lambda rows: len(rows) >= 2 and rows[-1]["status"] != "running")
+    assert [r["status"] for r in rows[-2:]] == ["stopped", "ok"]
+    assert rows[-2]["output_tokens"] > 0 and rows[-2]["estimated"]
+    assert rows[-1]["output_tokens"] == 300
+
+
+def test_stop_while_the_first_token_is_coming_drops_the_request(app, browser, e2e_openai):
+    page = app.open(browser)
+    choose_model(page, "fault-slow")  # the first token would take 20 s
+    expect(page.get_by_text("Ready: fault-slow")).to_be_visible()
+    hangups = len(e2e_openai.hangups)
+    send(page, "Please stop me")
+    expect(page.get_by_text("Waiting for the first token")).to_be_visible()
+    clicked = time.monotonic()
+    stop_button(page).click()
+    assert e2e_openai.wait_for_hangups(hangups + 1, timeout=3), "the request was never dropped"
+    assert e2e_openai.hangups[-1][0] - clicked < 2  # a click, a rerun, a cancel: not 20 s
+    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=3_000)
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Please stop me")
+    rows = wait_rows(app, lambda rows: rows and rows[-1]["status"] != "running")
+    assert rows[-1]["status"] == "stopped" and rows[-1]["input_tokens"] > 0
+
+
+def test_a_message_sent_while_an_answer_streams_stops_it_and_is_answered(
+        app, browser, long_answers):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "Long one")
+    expect(assistants(page).last).to_contain_text("▌")
+    send(page, "Next one")  # no Stop click: the new message replaces the stream
+    expect(assistants(page).nth(1)).to_contain_text("tokens/s", timeout=15_000)
+    first, second = assistants(page).nth(0), assistants(page).nth(1)
+    expect(first).to_contain_text(STOPPED)
+    expect(second).to_contain_text("Echo: Next one")
+    users = page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarUser"))
+    expect(users).to_have_count(2)
+    rows = wait_rows(app, lambda rows: len(rows) >= 2 and rows[-1]["status"] != "running")
+    assert [r["status"] for r in rows[-2:]] == ["stopped", "ok"]
+
+
+def test_a_rerun_mid_answer_leaves_the_answer_streaming_to_its_end(app, browser, long_answers):
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "Keep going")
+    expect(assistants(page).last).to_contain_text("▌")
+    # Any widget reruns the script, here the language: the answer goes on, live, to its end.
+    box = page.locator("[class*='st-key-language']").get_by_test_id("stSelectbox")
+    box.click()
+    page.get_by_role("option", name="中文").click()
+    reply = assistants(page).last
+    expect(reply).to_contain_text("Echo: Keep going")
+    expect(reply).to_contain_text("tokens/", timeout=15_000)  # the numbers of a finished answer
+    expect(reply).not_to_contain_text("▌")
+    rows = wait_rows(app, lambda rows: rows and rows[-1]["status"] != "running")
+    assert rows[-1]["status"] == "ok" and rows[-1]["output_tokens"] == 300
