@@ -13,6 +13,7 @@ from core.compare import CompareError, Outcome, Pane
 from core.config import make_endpoint
 from core.metering import Call
 from core.providers import Message
+from core.runner import Run
 from tests.conftest import API_KEY
 
 TWO = [Pane("OpenAI", "gpt-4o-mini"), Pane("Local", "llama3.2")]
@@ -108,7 +109,7 @@ def test_answers_saved_from_many_threads_at_once_all_land(db):
     assert [(a.text, a.status) for a in answers] == [(f"pane {i}", "ok") for i in range(4)]
 
 
-def test_metered_calls_in_worker_threads_save_their_answers_and_rows(db, openai_server):
+def test_one_run_saves_each_panes_answer_from_its_worker(db, openai_server):
     good = make_endpoint("Fake", "custom", base_url=openai_server.url, api_key=API_KEY,
                          source="env")
     bad = make_endpoint("Wrong", "custom", base_url=openai_server.url,
@@ -116,24 +117,17 @@ def test_metered_calls_in_worker_threads_save_their_answers_and_rows(db, openai_
     cid = compare.create("ana", [Pane("Fake", "gpt-4o-mini"), Pane("Wrong", "gpt-4o-mini")])
     turn = compare.start_turn("ana", cid, "Hello")
     comp = compare.load("ana", cid)
-
-    def pane(pos, ep):
-        call = Call(ep, "gpt-4o-mini", compare.messages_for(comp, pos, turn), user_id="ana",
-                    source="compare").run()
-        compare.save_call(cid, turn, pos, call)  # what Run's on_end will do
-
-    threads = [threading.Thread(target=pane, args=(0, good)),
-               threading.Thread(target=pane, args=(1, bad))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=30)
+    calls = [Call(ep, "gpt-4o-mini", compare.messages_for(comp, pos, turn), user_id="ana",
+                  source="compare", comparison_id=cid) for pos, ep in enumerate((good, bad))]
+    position = {id(c): pos for pos, c in enumerate(calls)}
+    run = Run(calls, on_end=lambda call: compare.save_call(cid, turn, position[id(call)], call))
+    assert run.start().wait(timeout=30), "the run did not finish in 30 s"
     a, b = compare.load("ana", cid).turns[0].answers
     assert a.status == "ok" and a.text and a.call_id is not None
     assert (b.status, b.error_kind) == ("error", "auth") and b.text == ""
     with db.connect() as conn:
         row = conn.execute(select(store.calls).where(store.calls.c.id == a.call_id)).one()
-    assert row.status == "ok" and row.source == "compare"
+    assert row.status == "ok" and row.source == "compare" and row.comparison_id == cid
 
 
 def test_blind_mode_assigns_from_the_pool_and_hides_names_until_the_vote(db):
