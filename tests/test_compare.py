@@ -256,3 +256,31 @@ def test_history_lists_newest_first_and_reopens_everything(db):
     assert turn.prompt == "second prompt" and turn.vote["outcome"] == "tie"
     assert [(a.text, a.status) for a in turn.answers] == [("answer 0", "ok"),
                                                            ("answer 1", "stopped")]
+
+
+def test_migration_0004_builds_the_same_tables_as_the_metadata_and_drops_them(tmp_path):
+    import importlib.util
+
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy import create_engine, inspect
+
+    spec = importlib.util.spec_from_file_location(
+        "m0004", "core/migrations/versions/0004_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (mod.revision, mod.down_revision) == ("0004", "0003")
+    eng = create_engine(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    store.calls.create(eng)
+    names = ["comparisons", "comparison_panes", "comparison_turns", "comparison_answers",
+             "comparison_votes"]
+    with eng.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        mod.upgrade()
+    insp = inspect(eng)
+    for name in names:
+        got = {c["name"]: c["nullable"] for c in insp.get_columns(name)}
+        want = {c.name: c.nullable for c in store.metadata.tables[name].columns}
+        assert got == want, name
+    with eng.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        mod.downgrade()
+    assert set(inspect(eng).get_table_names()) == {"calls"}
