@@ -56,3 +56,23 @@ def test_blind_mode_hides_names_until_the_vote(db, fake_openai):
     at.button(key=[b.key for b in at.button if b.key and b.key.endswith("_tie_None")][0]
               ).click().run()
     assert "gpt-4o" in screen_text(at)
+
+
+def test_a_failing_pane_shows_its_sentence_the_other_finishes_and_follow_ups_continue(
+        db, fake_openai):
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("fault-context")
+    at.chat_input[0].set_value("A long prompt").run()
+    assert not at.exception, at.exception
+    assert "too long" in " ".join(e.value for e in at.error)  # the error sentence, pane B
+    statuses = sorted((r["model"], r["status"]) for r in call_rows(db))
+    assert statuses == [("fault-context", "error"), ("gpt-4o-mini", "ok")]
+    at.chat_input[0].set_value("And a follow-up").run()
+    assert not at.exception, at.exception
+    with db.connect() as conn:
+        answers = conn.execute(select(store.comparison_answers).order_by(
+            store.comparison_answers.c.turn, store.comparison_answers.c.position)).all()
+    assert [(a.turn, a.position, a.status) for a in answers] == [
+        (0, 0, "ok"), (0, 1, "error"), (1, 0, "ok"), (1, 1, "error")]
+    assert "And a follow-up" in screen_text(at)
