@@ -34,8 +34,8 @@ if not endpoints:
 elif comp is None and blind:
     pool = cui.pool_picker(endpoints)
 elif comp is None:
-    panes = cui.pane_pickers(endpoints, n)
-    cui.ollama_note(endpoints, panes)
+    panes = cui.pane_pickers(endpoints, n, per_pane=per_pane)
+    cui.ollama_note(panes)
     if per_pane:
         st.caption(t("compare.per_pane_note"))
 
@@ -53,7 +53,8 @@ if prompt is not None:
             elif any(p is None for p in panes):
                 raise compare.CompareError("choose_models")
             else:
-                cid = compare.create(user, [compare.Pane(e.name, m) for e, m in panes],
+                cid = compare.create(user, [compare.Pane(e.name, m, sp, pp)
+                                            for e, m, sp, pp in panes],
                                      system_prompt=system, params=settings, per_pane=per_pane)
             st.session_state[cui.ID_KEY] = cid
         else:

@@ -76,3 +76,22 @@ def test_a_failing_pane_shows_its_sentence_the_other_finishes_and_follow_ups_con
     assert [(a.turn, a.position, a.status) for a in answers] == [
         (0, 0, "ok"), (0, 1, "error"), (1, 0, "ok"), (1, 1, "error")]
     assert "And a follow-up" in screen_text(at)
+
+
+def test_settings_per_pane_are_saved_and_sent_to_that_pane_only(db, fake_openai):
+    at = compare_page(app().run())
+    at.toggle(key="cmp_per_pane").set_value(True).run()
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
+    at.text_area(key="cmp_system_1").set_value("Answer like a pirate.")
+    at.number_input(key="cmp_temp_1").set_value(0.3)
+    at.chat_input[0].set_value("Ahoy").run()
+    assert not at.exception, at.exception
+    with db.connect() as conn:
+        panes = conn.execute(select(store.comparison_panes).order_by(
+            store.comparison_panes.c.position)).all()
+    assert [(p.system_prompt, p.params) for p in panes] == [
+        (None, None), ("Answer like a pirate.", {"temperature": 0.3})]
+    systems = [m["content"] for body in fake_openai.requests[-2:]
+               for m in body.get("messages", []) if m["role"] == "system"]
+    assert systems == ["Answer like a pirate."]

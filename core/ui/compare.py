@@ -29,10 +29,12 @@ def _models(endpoint: Endpoint) -> list[str]:
         return [endpoint.default_model] if endpoint.default_model else []
 
 
-def pane_pickers(endpoints: list[Endpoint], n: int) -> list[tuple[Endpoint, str] | None]:
-    """An endpoint and model selector per pane, side by side."""
+def pane_pickers(endpoints: list[Endpoint], n: int, *, per_pane: bool = False
+                 ) -> list[tuple[Endpoint, str, str | None, dict | None] | None]:
+    """An endpoint and model selector per pane, side by side; with `per_pane`, each pane's
+    own system prompt and temperature (empty means the shared one)."""
     names = [e.name for e in endpoints]
-    out: list[tuple[Endpoint, str] | None] = []
+    out: list[tuple[Endpoint, str, str | None, dict | None] | None] = []
     for i, col in enumerate(st.columns(n)):
         with col:
             name = st.selectbox(t("compare.endpoint", pane=compare.pane_label(i)), names,
@@ -42,7 +44,14 @@ def pane_pickers(endpoints: list[Endpoint], n: int) -> list[tuple[Endpoint, str]
             model = st.selectbox(t("compare.model", pane=compare.pane_label(i)), models,
                                  index=min(i, len(models) - 1) if models else None,
                                  key=f"cmp_model_{i}_{name}", accept_new_options=True)
-            out.append((endpoint, model.strip()) if model and model.strip() else None)
+            system, params = None, None
+            if per_pane:
+                system = st.text_area(t("chat.system"), key=f"cmp_system_{i}") or None
+                temp = st.number_input(t("params.temperature"), 0.0, 2.0, value=None,
+                                       step=0.1, key=f"cmp_temp_{i}")
+                params = None if temp is None else {"temperature": temp}
+            out.append((endpoint, model.strip(), system, params)
+                       if model and model.strip() else None)
     return out
 
 
@@ -58,7 +67,7 @@ def pool_picker(endpoints: list[Endpoint]) -> list[tuple[str, str]]:
     return pairs
 
 
-def ollama_note(endpoints: list[Endpoint], panes: list[tuple[Endpoint, str] | None]) -> None:
+def ollama_note(panes: list[tuple[Endpoint, str, str | None, dict | None] | None]) -> None:
     """Two models on one Ollama server run one after the other (or swap): say so."""
     servers: dict[str, set[str]] = {}
     for pane in panes:
