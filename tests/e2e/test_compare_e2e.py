@@ -76,3 +76,21 @@ def test_blind_mode_reveals_the_names_only_after_the_vote(app, browser):
     page.get_by_role("button", name="Tie").click()
     expect(names).to_have_count(2, timeout=10_000)
     expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # now the numbers too
+
+
+def test_stop_while_one_pane_waits_for_its_first_token_keeps_the_other(app, browser):
+    page = app.open(browser, "/compare")
+    pick(page, "cmp_model_0_OpenAI-compatible", "gpt-4o-mini")
+    pick(page, "cmp_model_1_OpenAI-compatible", "fault-slow")  # first token after 20 s
+    before = len(call_rows(app.db))
+    send(page, "Stop us")
+    expect(page.get_by_text("Echo: Stop us").first).to_be_visible(timeout=10_000)
+    expect(page.get_by_text("Waiting for the first token")).to_be_visible()
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.get_by_role("button", name="Tie")).to_be_visible(timeout=5_000)
+    deadline = time.monotonic() + 10
+    while len(rows := call_rows(app.db)) < before + 2 or any(
+            r["status"] == "running" for r in rows[before:]):
+        assert time.monotonic() < deadline, "the calls did not settle within 10 s"
+        time.sleep(0.1)
+    assert {r["model"]: r["status"] for r in rows[before:]}["fault-slow"] == "stopped"
