@@ -27,6 +27,8 @@ def chat_alias() -> None:
 
 pages = [
     chat,
+    st.Page("app_pages/compare.py", title=t("nav.compare"), icon=":material/compare:",
+            url_path="compare"),
     st.Page("app_pages/settings.py", title=t("nav.settings"), icon=":material/settings:",
             url_path="settings"),
     st.Page(chat_alias, title=t("nav.chat"), url_path="chat", visibility="hidden"),

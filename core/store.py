@@ -149,6 +149,83 @@ messages = Table(
 )
 
 
+# --- Compare: two to four panes on the same prompt, their answers and the user's votes ---
+# A comparison is one page session; in blind mode the panes' endpoint/model are stored as
+# usual and only hidden by core.compare until the first vote.
+comparisons = Table(
+    "comparisons",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("title", String(200), nullable=False),  # the first prompt, cut short
+    Column("blind", Boolean, nullable=False, default=False),
+    Column("system_prompt", Text, nullable=False, default=""),
+    Column("params", JSON),  # the shared Params as a dict
+    Column("per_pane", Boolean, nullable=False, default=False),  # panes use their own settings
+    Index("ix_comparisons_user_created", "user_id", "created_at"),
+)
+
+comparison_panes = Table(
+    "comparison_panes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("comparison_id", String(32), ForeignKey("comparisons.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("position", Integer, nullable=False),  # 0 = A, 1 = B, ...
+    Column("endpoint", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("system_prompt", Text),  # used only when the comparison is per_pane
+    Column("params", JSON),
+    UniqueConstraint("comparison_id", "position"),
+)
+
+# One row per user message sent to every pane.
+comparison_turns = Table(
+    "comparison_turns",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("comparison_id", String(32), ForeignKey("comparisons.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("turn", Integer, nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("comparison_id", "turn"),
+)
+
+# One row per pane per turn: the answer, written running and completed by the worker thread.
+comparison_answers = Table(
+    "comparison_answers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("comparison_id", String(32), ForeignKey("comparisons.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("turn", Integer, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("text", Text, nullable=False, default=""),
+    Column("reasoning", Text, nullable=False, default=""),
+    Column("status", String(20), nullable=False),  # one of STATUSES
+    Column("error_kind", String(40)),
+    Column("call_id", Integer, ForeignKey("calls.id", ondelete="SET NULL")),
+    UniqueConstraint("comparison_id", "turn", "position"),
+)
+
+# One vote per turn; winner NULL with outcome tie or both_bad. Pairwise rows are derived.
+comparison_votes = Table(
+    "comparison_votes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("comparison_id", String(32), ForeignKey("comparisons.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("user_id", String(200), nullable=False, index=True),
+    Column("turn", Integer, nullable=False),
+    Column("outcome", String(20), nullable=False),  # win, tie, both_bad
+    Column("winner", Integer),  # the winning pane's position when outcome is win
+    Column("voted_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("comparison_id", "turn"),
+)
+
+
 def database_url() -> str:
     """DATABASE_URL if set, else the local SQLite file."""
     url = os.environ.get("DATABASE_URL", "").strip()

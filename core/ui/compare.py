@@ -1,0 +1,234 @@
+"""Compare page widgets: pane pickers, one Run for all panes, numbers, votes, leaderboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select
+
+from core import compare, rating, store
+from core.config import Endpoint
+from core.i18n import t
+from core.metering import Call
+from core.providers import ProviderError
+from core.runner import Run
+from core.ui.errors import show_error
+from core.ui.pickers import cached_models
+from core.ui.stream import show_run
+
+RUN_KEY = "cmp_run"  # (comparison id, turn, Run) of the turn streaming now
+ID_KEY = "cmp_id"
+
+
+def _models(endpoint: Endpoint) -> list[str]:
+    try:
+        return cached_models(endpoint)
+    except ProviderError:
+        return [endpoint.default_model] if endpoint.default_model else []
+
+
+def pane_pickers(endpoints: list[Endpoint], n: int, *, per_pane: bool = False
+                 ) -> list[tuple[Endpoint, str, str | None, dict | None] | None]:
+    """An endpoint and model selector per pane, side by side; with `per_pane`, each pane's
+    own system prompt and temperature (empty means the shared one)."""
+    names = [e.name for e in endpoints]
+    out: list[tuple[Endpoint, str, str | None, dict | None] | None] = []
+    for i, col in enumerate(st.columns(n)):
+        with col:
+            name = st.selectbox(t("compare.endpoint", pane=compare.pane_label(i)), names,
+                                index=i % len(names), key=f"cmp_ep_{i}")
+            endpoint = endpoints[names.index(name)]
+            models = _models(endpoint)
+            model = st.selectbox(t("compare.model", pane=compare.pane_label(i)), models,
+                                 index=min(i, len(models) - 1) if models else None,
+                                 key=f"cmp_model_{i}_{name}", accept_new_options=True)
+            system, params = None, None
+            if per_pane:
+                system = st.text_area(t("chat.system"), key=f"cmp_system_{i}") or None
+                temp = st.number_input(t("params.temperature"), 0.0, 2.0, value=None,
+                                       step=0.1, key=f"cmp_temp_{i}")
+                params = None if temp is None else {"temperature": temp}
+            out.append((endpoint, model.strip(), system, params)
+                       if model and model.strip() else None)
+    return out
+
+
+def pool_picker(endpoints: list[Endpoint]) -> list[tuple[str, str]]:
+    """Blind mode: the models the panes are drawn from."""
+    options = [compare.model_key(e.name, m) for e in endpoints for m in _models(e)]
+    picked = st.multiselect(t("compare.pool"), options, key="cmp_pool",
+                            default=options[:2], help=t("compare.pool_help"))
+    pairs = []
+    for key in picked:
+        model, _, endpoint = key.rpartition(" @ ")
+        pairs.append((endpoint, model))
+    return pairs
+
+
+def ollama_note(panes: list[tuple[Endpoint, str, str | None, dict | None] | None]) -> None:
+    """Two models on one Ollama server run one after the other (or swap): say so."""
+    servers: dict[str, set[str]] = {}
+    for pane in panes:
+        if pane and pane[0].kind == "ollama":
+            servers.setdefault(pane[0].base_url, set()).add(pane[1])
+    if any(len(models) > 1 for models in servers.values()):
+        st.info(t("compare.ollama_note"), icon=":material/info:")
+
+
+def start(user: str, cid: str, prompt: str, endpoints: list[Endpoint]) -> None:
+    """Record the turn and send it to every pane at once through one Run."""
+    turn = compare.start_turn(user, cid, prompt)
+    comp = compare.load(user, cid)
+    by_name = {e.name: e for e in endpoints}
+    calls, positions = [], {}
+    for pane in comp.panes:
+        endpoint = by_name.get(pane.endpoint)
+        if endpoint is None:  # the endpoint was removed since: the pane fails visibly
+            compare.save_answer(cid, turn, pane.position, text="", status="error",
+                                error_kind="config")
+            continue
+        _, params = compare.pane_settings(comp, pane.position)
+        call = Call(endpoint, pane.model, compare.messages_for(comp, pane.position, turn),
+                    params, user_id=user, source="compare", comparison_id=cid)
+        positions[id(call)] = pane.position
+        calls.append(call)
+
+    def on_end(call: Call) -> None:  # worker thread: saving survives a Stop or a rerun
+        compare.save_call(cid, turn, positions[id(call)], call)
+
+    st.session_state[RUN_KEY] = (cid, turn, Run(calls, on_end=on_end).start(), positions)
+
+
+def numbers(comp: compare.Comparison, turn: compare.Turn) -> pd.DataFrame | None:
+    """Per-pane figures of a turn from the call log, or None while hidden or absent."""
+    if not comp.revealed:
+        return None
+    ids = [a.call_id for a in turn.answers if a.call_id is not None]
+    if not ids:
+        return None
+    c = store.calls
+    with store.engine().connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(c).where(c.c.id.in_(ids),
+                                                              c.c.user_id == comp.user_id))}
+    data = []
+    for a in turn.answers:
+        r = rows.get(a.call_id)
+        if r is None:
+            continue
+        gen = (r.total_s or 0) - (r.ttft_s or 0)
+        data.append({
+            t("compare.pane"): f"{compare.pane_label(a.position)} · {r.model}",
+            t("compare.ttft"): r.ttft_s, t("compare.total"): r.total_s,
+            t("compare.load"): r.load_s,
+            t("compare.tokens_in"): r.input_tokens, t("compare.tokens_out"): r.output_tokens,
+            t("compare.tps"): r.output_tokens / gen if gen > 0 and r.output_tokens else None,
+            t("compare.cost"): float(r.cost_usd) if r.cost_usd is not None else None,
+        })
+    return pd.DataFrame(data).set_index(t("compare.pane")) if data else None
+
+
+def show_numbers(df: pd.DataFrame) -> None:
+    """The figures with the best of each highlighted, and a small chart."""
+    lower = [t("compare.ttft"), t("compare.total"), t("compare.cost")]
+    higher = [t("compare.tps")]
+    styled = (df.style.highlight_min(subset=lower, color="#c8f7c5")
+              .highlight_max(subset=higher, color="#c8f7c5").format(precision=3, na_rep="—"))
+    st.dataframe(styled, width="stretch")
+    st.bar_chart(df[[t("compare.ttft"), t("compare.total")]], horizontal=True, height=160)
+
+
+def vote_buttons(user: str, comp: compare.Comparison, turn: compare.Turn) -> None:
+    """A better / B better / tie / both bad; with more panes, pick the best."""
+    choices: list[tuple[str, str, int | None]] = [
+        (t("compare.best", pane=compare.pane_label(p.position)), "win", p.position)
+        for p in comp.panes]
+    choices += [(t("compare.tie"), "tie", None), (t("compare.both_bad"), "both_bad", None)]
+    for col, (label, outcome, winner) in zip(st.columns(len(choices)), choices, strict=True):
+        if col.button(label, key=f"cmp_vote_{comp.id}_{turn.turn}_{outcome}_{winner}",
+                      width="stretch"):
+            try:
+                compare.vote(user, comp.id, turn.turn, outcome, winner)
+            except compare.CompareError as err:
+                st.warning(t(f"compare.refused.{err.reason}"), icon=":material/block:")
+            else:
+                st.rerun()
+
+
+def show_comparison(user: str, comp: compare.Comparison) -> None:
+    """Every turn: the prompt, the panes' answers (live for the running turn), numbers, vote."""
+    panes = compare.public_panes(comp)
+    live = st.session_state.get(RUN_KEY)
+    for turn in comp.turns:
+        with st.chat_message("user"):
+            st.markdown(turn.prompt)
+        cols = st.columns(len(panes))
+        for col, pane in zip(cols, panes, strict=True):
+            title = f"**{pane['label']}**"
+            if pane["model"]:
+                title += f" · {pane['model']} ({pane['endpoint']})"
+            col.markdown(title)
+        if live and live[0] == comp.id and live[1] == turn.turn and not live[2].finished:
+            run, positions = live[2], live[3]
+            slots = [cols[positions[id(c)]].container() for c in run.calls]
+            show_run(run, slots)
+            st.rerun()  # redraw from the saved answers, with numbers and the vote
+        errors = {}
+        if live and live[0] == comp.id and live[1] == turn.turn:
+            errors = {live[3][id(c)]: c.error for c in live[2].calls if c.error}
+        for col, answer in zip(cols, turn.answers, strict=True):
+            with col:
+                if answer.text:
+                    st.markdown(answer.text)
+                if answer.position in errors:  # the full sentence while the session has it
+                    show_error(errors[answer.position], col)
+                elif answer.status == "error":
+                    st.error(t("compare.failed", kind=answer.error_kind or "?"),
+                             icon=":material/error:")
+                elif answer.status == "stopped":
+                    st.caption(t("compare.stopped"))
+        df = numbers(comp, turn)
+        if df is not None:
+            show_numbers(df)
+        if turn.vote is None and all(a.status != "running" for a in turn.answers):
+            vote_buttons(user, comp, turn)
+        elif turn.vote is not None:
+            st.caption(t("compare.voted"))
+
+
+def show_leaderboard(user: str) -> None:
+    """The user's models by rating, with their call-log medians."""
+    rows = rating.leaderboard(user)
+    if not rows:
+        st.caption(t("compare.no_votes"))
+        return
+    st.dataframe(pd.DataFrame([{
+        t("compare.model_col"): r.model, t("compare.rating"): round(r.rating),
+        t("compare.interval"): f"{r.low:.0f} – {r.high:.0f}",
+        t("compare.wins"): r.wins, t("compare.losses"): r.losses, t("compare.ties"): r.ties,
+        t("compare.win_rate"): r.win_rate, t("compare.ttft"): r.median_ttft_s,
+        t("compare.tps"): r.median_tokens_per_s, t("compare.cost"): r.median_cost_usd,
+    } for r in rows]), width="stretch", hide_index=True)
+
+
+def show_history(user: str) -> None:
+    """Past comparisons in the sidebar, newest first; a click reopens one."""
+    for item in compare.history(user, limit=20):
+        label = item["title"] or t("compare.untitled")
+        if st.sidebar.button(label, key=f"cmp_hist_{item['id']}", type="tertiary"):
+            st.session_state[ID_KEY] = item["id"]
+            st.session_state.pop(RUN_KEY, None)
+            st.rerun()
+
+
+def current(user: str) -> Any:
+    """The open comparison, or None."""
+    cid = st.session_state.get(ID_KEY)
+    if not cid:
+        return None
+    try:
+        return compare.load(user, cid)
+    except compare.CompareError:
+        st.session_state.pop(ID_KEY, None)
+        return None

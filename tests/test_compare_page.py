@@ -1,0 +1,97 @@
+"""The compare page driven by AppTest against the fake OpenAI server."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from core import store
+from tests.conftest import API_KEY, call_rows
+from tests.test_app import app, screen_text
+
+
+@pytest.fixture
+def fake_openai(monkeypatch, openai_server):
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    return openai_server
+
+
+def compare_page(at):
+    at.switch_page("app_pages/compare.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_two_panes_answer_show_numbers_and_a_vote_reaches_the_leaderboard(db, fake_openai):
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
+    at.chat_input[0].set_value("Compare this").run()
+    assert not at.exception, at.exception
+    rows = call_rows(db)
+    assert {r["model"] for r in rows} == {"gpt-4o-mini", "gpt-4o"}
+    assert all(r["source"] == "compare" and r["status"] == "ok" for r in rows)
+    assert len({r["comparison_id"] for r in rows}) == 1
+    assert "gpt-4o-mini" in screen_text(at) and at.dataframe  # names and numbers shown
+    at.button(key=[b.key for b in at.button if b.key and "_win_0" in b.key][0]).click().run()
+    assert not at.exception, at.exception
+    with db.connect() as conn:
+        [vote] = conn.execute(select(store.comparison_votes)).all()
+    assert (vote.outcome, vote.winner) == ("win", 0)
+    assert "Vote recorded." in screen_text(at)
+    board = at.dataframe[0].value
+    assert list(board.iloc[:, 0])[0].startswith("gpt-4o-mini")
+
+
+def test_blind_mode_hides_names_until_the_vote(db, fake_openai):
+    at = compare_page(app().run())
+    at.toggle(key="cmp_blind").set_value(True).run()
+    at.multiselect(key="cmp_pool").set_value(
+        ["gpt-4o-mini @ OpenAI-compatible", "gpt-4o @ OpenAI-compatible"]).run()
+    at.chat_input[0].set_value("Blind question").run()
+    assert not at.exception, at.exception
+    text = screen_text(at)
+    assert "gpt-4o" not in text and not at.dataframe
+    at.button(key=[b.key for b in at.button if b.key and b.key.endswith("_tie_None")][0]
+              ).click().run()
+    assert "gpt-4o" in screen_text(at)
+
+
+def test_a_failing_pane_shows_its_sentence_the_other_finishes_and_follow_ups_continue(
+        db, fake_openai):
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("fault-context")
+    at.chat_input[0].set_value("A long prompt").run()
+    assert not at.exception, at.exception
+    assert "too long" in " ".join(e.value for e in at.error)  # the error sentence, pane B
+    statuses = sorted((r["model"], r["status"]) for r in call_rows(db))
+    assert statuses == [("fault-context", "error"), ("gpt-4o-mini", "ok")]
+    at.chat_input[0].set_value("And a follow-up").run()
+    assert not at.exception, at.exception
+    with db.connect() as conn:
+        answers = conn.execute(select(store.comparison_answers).order_by(
+            store.comparison_answers.c.turn, store.comparison_answers.c.position)).all()
+    assert [(a.turn, a.position, a.status) for a in answers] == [
+        (0, 0, "ok"), (0, 1, "error"), (1, 0, "ok"), (1, 1, "error")]
+    assert "And a follow-up" in screen_text(at)
+
+
+def test_settings_per_pane_are_saved_and_sent_to_that_pane_only(db, fake_openai):
+    at = compare_page(app().run())
+    at.toggle(key="cmp_per_pane").set_value(True).run()
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
+    at.text_area(key="cmp_system_1").set_value("Answer like a pirate.")
+    at.number_input(key="cmp_temp_1").set_value(0.3)
+    at.chat_input[0].set_value("Ahoy").run()
+    assert not at.exception, at.exception
+    with db.connect() as conn:
+        panes = conn.execute(select(store.comparison_panes).order_by(
+            store.comparison_panes.c.position)).all()
+    assert [(p.system_prompt, p.params) for p in panes] == [
+        (None, None), ("Answer like a pirate.", {"temperature": 0.3})]
+    systems = [m["content"] for body in fake_openai.requests[-2:]
+               for m in body.get("messages", []) if m["role"] == "system"]
+    assert systems == ["Answer like a pirate."]
