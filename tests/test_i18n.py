@@ -17,6 +17,9 @@ BUILT = {
     "error.": tuple(kind.value for kind in ErrorKind),
     "source.": ("env", "secrets", "session", "auto"),  # Endpoint.source
     "db.": ("unwritable", "bad_url", "unreachable"),  # store.problem()
+    "compare.refused.": ("already_voted", "all_failed", "still_running", "winner_failed",
+                         "no_prompt", "pane_count", "empty_pool", "choose_models",
+                         "not_found", "bad_outcome"),  # compare.CompareError.reason
 }
 
 
