@@ -10,12 +10,11 @@ user = ui.current_user()
 tz = usage.zone(st.context.timezone)
 st.title(t("usage.title"))
 
-everything = usage.hourly(user, usage.Filters())
-if everything.empty:
+if usage.count(user, usage.Filters()) == 0:
     st.info(t("usage.empty"), icon=":material/receipt_long:")
     st.stop()
 
-chosen = usage_ui.filters(usage.facets_of(everything), st.context.timezone)
+chosen = usage_ui.filters(user, st.context.timezone)
 hours = usage.hourly(user, chosen)
 totals = usage.totals(hours)
 m = st.columns(5)

@@ -28,7 +28,7 @@ def budget_banner(user_id: str) -> None:
         st.warning(t("budget.warn", **args), icon=":material/warning:")
 
 
-def filters(facets: pd.DataFrame, tz_name: str | None) -> usage.Filters:
+def filters(user_id: str, tz_name: str | None) -> usage.Filters:
     """The filter row; a bad date range is reported and falls back to all time."""
     tz = usage.zone(tz_name)
     cols = st.columns([1, 1, 1, 1, 1])
@@ -45,6 +45,7 @@ def filters(facets: pd.DataFrame, tz_name: str | None) -> usage.Filters:
     except usage.UsageError as err:
         st.error(t(err.key, **err.context), icon=":material/event_busy:")
         start, end = None, None
+    facets = usage.facets(user_id, usage.Filters(start, end))
     endpoints = cols[1].multiselect(t("usage.endpoint"), sorted(set(facets["endpoint"])),
                                     key="usage_endpoints")
     models = cols[2].multiselect(t("usage.model"), sorted(set(facets["model"])),
