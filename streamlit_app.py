@@ -29,6 +29,8 @@ pages = [
     chat,
     st.Page("app_pages/compare.py", title=t("nav.compare"), icon=":material/compare:",
             url_path="compare"),
+    st.Page("app_pages/usage.py", title=t("nav.usage"), icon=":material/receipt_long:",
+            url_path="usage"),
     st.Page("app_pages/settings.py", title=t("nav.settings"), icon=":material/settings:",
             url_path="settings"),
     st.Page(chat_alias, title=t("nav.chat"), url_path="chat", visibility="hidden"),

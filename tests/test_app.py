@@ -60,7 +60,7 @@ def test_a_message_streams_and_is_logged(db, fake_openai):
     user, assistant = at.chat_message
     assert user.text[0].value == "Hello AppTest"
     assert assistant.markdown[0].value.startswith("Echo: Hello AppTest")
-    assert "gpt-4o-mini" in assistant.caption[0].value and "free" in assistant.caption[0].value
+    assert "gpt-4o-mini" in assistant.caption[0].value and "$0.0000" in assistant.caption[0].value
     [row] = call_rows(db)
     assert (row["status"], row["source"], row["model"]) == ("ok", "chat", "gpt-4o-mini")
 

@@ -93,7 +93,7 @@ def test_one_stop_ends_every_call_and_drops_every_connection(db, slow_server, mo
     if moment == "mid-answer":  # the partial answer is counted, estimated, and priced
         assert all(r["output_chars"] > 0 and r["output_tokens"] > 0 and r["estimated"]
                    for r in rows)
-        assert all(c.text.startswith("Echo") and c.cost == 0 for c in calls)
+        assert all(c.text.startswith("Echo") and c.cost is not None for c in calls)
 
 
 def test_a_run_stopped_before_it_starts_sends_nothing(db, openai_server):

@@ -112,14 +112,14 @@ def context_error(tokens: int) -> dict[str, Any]:
     )
 
 
-def usage_body(prompt_tokens: int, thinking: int, content: int) -> dict[str, Any]:
+def usage_body(prompt_tokens: int, thinking: int, content: int, cached: int = 0) -> dict[str, Any]:
     """Usage object as sent by the real API."""
     completion = thinking + content
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": min(cached, prompt_tokens), "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": thinking,
             "audio_tokens": 0,
@@ -135,9 +135,11 @@ class FakeOpenAIServer(FakeServer):
     FAULTS: ClassVar[tuple[str, ...]] = OPENAI_FAULTS
     URL_SUFFIX: ClassVar[str] = "/v1"
 
-    def __init__(self, api_key: str | None = "sk-test", **settings: Unpack[ServerSettings]) -> None:
+    def __init__(self, api_key: str | None = "sk-test", cached_tokens: int = 0,
+                 **settings: Unpack[ServerSettings]) -> None:
         super().__init__(**settings)
         self.api_key = api_key
+        self.cached_tokens = cached_tokens  # reported as prompt_tokens_details.cached_tokens
 
     def model_ids(self) -> list[str]:
         """Every model id listed by /v1/models."""
@@ -371,7 +373,8 @@ class FakeOpenAIServer(FakeServer):
             "created": reply.created,
             "model": reply.model,
             "choices": [choice],
-            "usage": usage_body(reply.prompt_tokens, len(plan.thinking), len(plan.content)),
+            "usage": usage_body(reply.prompt_tokens, len(plan.thinking), len(plan.content),
+                                self.cached_tokens),
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
         }
@@ -462,7 +465,7 @@ class FakeOpenAIServer(FakeServer):
                 "service_tier": "default",
                 "system_fingerprint": FINGERPRINT,
                 "choices": [],
-                "usage": usage_body(reply.prompt_tokens, thinking, content),
+                "usage": usage_body(reply.prompt_tokens, thinking, content, self.cached_tokens),
             }
             write(b"data: " + dumps(usage) + b"\n\n")
         write(b"data: [DONE]\n\n")

@@ -1,0 +1,90 @@
+"""Widgets of the usage page and the budget banner for chat and compare."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core import budget, usage
+from core.i18n import t
+
+
+def budget_banner(user_id: str) -> None:
+    """A warning at 80% of the monthly budget, an error at 100% (nothing without a budget)."""
+    try:
+        found = budget.status(user_id)
+    except Exception:  # noqa: BLE001 - a banner must never break the chat page
+        return
+    if found is None or found.level is None:
+        return
+    args = {"spent": f"{found.spent:,.2f}", "amount": f"{found.budget.amount:,.2f}",
+            "currency": found.budget.currency, "pct": f"{found.fraction * 100:.0f}"}
+    if found.level == "over":
+        st.error(t("budget.over", **args), icon=":material/block:")
+    else:
+        st.warning(t("budget.warn", **args), icon=":material/warning:")
+
+
+def filters(user_id: str, tz_name: str | None) -> usage.Filters:
+    """The filter row; a bad date range is reported and falls back to all time."""
+    tz = usage.zone(tz_name)
+    cols = st.columns([1, 1, 1, 1, 1])
+    preset = cols[0].selectbox(t("usage.range"), usage.PRESETS, index=3,
+                               format_func=lambda p: t(f"usage.preset_{p}"), key="usage_preset")
+    custom = None
+    if preset == "custom":
+        picked = cols[0].date_input(t("usage.dates"), value=(date.today(), date.today()),
+                                    key="usage_dates")
+        if isinstance(picked, tuple) and len(picked) == 2:
+            custom = picked
+    try:
+        start, end = usage.date_range(preset, tz, custom=custom)
+    except usage.UsageError as err:
+        st.error(t(err.key, **err.context), icon=":material/event_busy:")
+        start, end = None, None
+    facets = usage.facets(user_id, usage.Filters(start, end))
+    endpoints = cols[1].multiselect(t("usage.endpoint"), sorted(set(facets["endpoint"])),
+                                    key="usage_endpoints")
+    models = cols[2].multiselect(t("usage.model"), sorted(set(facets["model"])),
+                                 key="usage_models")
+    sources = cols[3].multiselect(t("usage.source"), list(usage.store.SOURCES),
+                                  key="usage_sources")
+    statuses = cols[4].multiselect(t("usage.status"), list(usage.store.STATUSES),
+                                   key="usage_statuses")
+    return usage.Filters(start, end, tuple(endpoints), tuple(models), tuple(sources),
+                         tuple(statuses))
+
+
+def ledger_config() -> dict:
+    """Column types and formats of the ledger table."""
+    cc = st.column_config
+    return {
+        "started_at": cc.DatetimeColumn(t("usage.col_time"), format="YYYY-MM-DD HH:mm:ss"),
+        "cost_usd": cc.NumberColumn(t("usage.col_cost"), format="$%.6f"),
+        "ttft_s": cc.NumberColumn(t("usage.col_ttft"), format="%.2f s"),
+        "total_s": cc.NumberColumn(t("usage.col_total"), format="%.2f s"),
+        "tokens_per_s": cc.NumberColumn(t("usage.col_tps"), format="%.1f"),
+        "input_tokens": cc.NumberColumn(t("usage.col_input"), format="%d"),
+        "cached_input_tokens": cc.NumberColumn(t("usage.col_cached"), format="%d"),
+        "output_tokens": cc.NumberColumn(t("usage.col_output"), format="%d"),
+        "estimated": cc.CheckboxColumn(t("usage.col_estimated")),
+    }
+
+
+def cost_chart(days: pd.DataFrame) -> alt.Chart:
+    """Cost per day, stacked by model."""
+    return alt.Chart(days).mark_bar().encode(
+        x=alt.X("day:T", title=None), y=alt.Y("sum(cost):Q", title="USD"),
+        color=alt.Color("model:N"), tooltip=["day:T", "model:N", "cost:Q", "calls:Q"])
+
+
+def tokens_chart(by_model: pd.DataFrame) -> alt.Chart:
+    """Input and output tokens by model."""
+    long = by_model.melt(id_vars="model", value_vars=["input", "output"], var_name="kind",
+                         value_name="tokens")
+    return alt.Chart(long).mark_bar().encode(
+        y=alt.Y("model:N", title=None), x=alt.X("tokens:Q"), color="kind:N",
+        tooltip=["model:N", "kind:N", "tokens:Q"])

@@ -1,0 +1,330 @@
+"""The call log as a dashboard's data: filters, one page of rows, totals, charts, exports.
+
+Everything is asked of the database, filtered by user: totals and charts come from one GROUP BY
+over hourly UTC buckets (a year of a million calls is a few ten thousand groups), rolled up to
+the browser's days here in pandas; percentiles read three narrow columns; the ledger is one
+sorted, paged query. No function here ever loads the whole log, except an export, which is
+refused above EXPORT_LIMIT rows.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+from sqlalchemy import Engine, and_, case, func, select
+
+from core import store
+
+c = store.calls.c
+PAGE_SIZES = (25, 50, 100, 500)
+# An export above this many rows would build a frame and a file near the page's memory goal
+# (600 MB); measured in bench/usage_page.py. The user is told to narrow the filters.
+EXPORT_LIMIT = 250_000
+# Percentiles of speed are taken over at most this many of the latest finished calls.
+SPEED_SAMPLE = 100_000
+PRESETS = ("today", "7d", "month", "30d", "all", "custom")
+# Columns the ledger can be sorted by (name on screen -> column in the database).
+SORTABLE = {
+    "time": c.started_at, "cost": c.cost_usd, "input": c.input_tokens,
+    "output": c.output_tokens, "ttft": c.ttft_s, "total": c.total_s, "model": c.model,
+}
+# What a row of the ledger and of an export holds. Not base_url (a URL may carry a password)
+# nor error_detail (long; the kind says enough in a table).
+LEDGER_COLUMNS = (
+    c.id, c.started_at, c.source, c.conversation_id, c.comparison_id, c.endpoint, c.provider,
+    c.model, c.server_model, c.status, c.error_kind, c.input_tokens, c.cached_input_tokens,
+    c.output_tokens, c.reasoning_tokens, c.estimated, c.cost_usd, c.ttft_s, c.total_s,
+)
+
+
+class UsageError(ValueError):
+    """A request the page cannot answer; `key` names the i18n sentence, `context` fills it."""
+
+    def __init__(self, key: str, **context: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.context = context
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the page shows: a UTC time range [start, end) and the chosen values of each facet.
+
+    An empty tuple means "all".
+    """
+
+    start: datetime | None = None
+    end: datetime | None = None
+    endpoints: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+
+
+def zone(name: str | None) -> ZoneInfo:
+    """The browser's time zone, or UTC when it is missing or unknown (AppTest has none)."""
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def date_range(preset: str, tz: ZoneInfo, *, today: date | None = None,
+               custom: tuple[date, date] | None = None) -> tuple[datetime | None, datetime | None]:
+    """The UTC [start, end) of a preset, cut at midnight in the browser's zone.
+
+    "custom" takes a (first day, last day) pair, both included; a last day before the first
+    raises UsageError.
+    """
+    today = today or datetime.now(tz).date()
+    if preset == "all":
+        return None, None
+    if preset == "custom":
+        if not custom:
+            return None, None
+        first, last = custom
+        if last < first:
+            raise UsageError("usage.err_range", start=first.isoformat(), end=last.isoformat())
+    elif preset == "today":
+        first, last = today, today
+    elif preset == "7d":
+        first, last = today - timedelta(days=6), today
+    elif preset == "30d":
+        first, last = today - timedelta(days=29), today
+    elif preset == "month":
+        first, last = today.replace(day=1), today
+    else:
+        raise UsageError("usage.err_preset", preset=preset)
+
+    def midnight(day: date) -> datetime:
+        return datetime.combine(day, time(0), tz).astimezone(UTC)
+
+    return midnight(first), midnight(last + timedelta(days=1))
+
+
+def _where(user_id: str, f: Filters) -> Any:
+    conditions = [c.user_id == user_id]
+    if f.start is not None:
+        conditions.append(c.started_at >= f.start)
+    if f.end is not None:
+        conditions.append(c.started_at < f.end)
+    for column, chosen in ((c.endpoint, f.endpoints), (c.model, f.models),
+                           (c.source, f.sources), (c.status, f.statuses)):
+        if chosen:
+            conditions.append(column.in_(chosen))
+    return and_(*conditions)
+
+
+def _utc(value: Any) -> pd.Series:
+    # SQLite hands back naive UTC datetimes, PostgreSQL aware ones: one kind after this.
+    return pd.to_datetime(value, utc=True)
+
+
+def facets(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
+    """Each (endpoint, model) of the user's log in the filters' time range, with its calls.
+
+    The endpoint, model, page and status choices are left out, so the lists the user picks
+    from do not shrink to what they picked.
+    """
+    ranged = Filters(start=f.start, end=f.end)
+    query = (select(c.endpoint, c.model, func.min(c.provider), func.min(c.base_url),
+                    func.count())
+             .where(_where(user_id, ranged)).group_by(c.endpoint, c.model))
+    with (eng or store.engine()).connect() as conn:
+        found = conn.execute(query).all()
+    return pd.DataFrame(found, columns=list(FACET_COLUMNS))
+
+
+def facets_of(hours: pd.DataFrame) -> pd.DataFrame:
+    """The facets read off hourly buckets (when no endpoint/model/page/status is chosen)."""
+    if hours.empty:
+        return pd.DataFrame(columns=list(FACET_COLUMNS))
+    return (hours.groupby(["endpoint", "model"], as_index=False)
+            .agg(provider=("provider", "first"), base_url=("base_url", "first"),
+                 calls=("calls", "sum")))
+
+
+def has_facet_choice(f: Filters) -> bool:
+    """Whether the filters narrow more than the time range."""
+    return bool(f.endpoints or f.models or f.sources or f.statuses)
+
+
+def _hour(eng: Engine) -> Any:
+    if eng.dialect.name == "sqlite":  # stored as "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+        return func.substr(c.started_at, 1, 13)
+    return func.to_char(func.timezone("UTC", c.started_at), "YYYY-MM-DD HH24")
+
+
+FACET_COLUMNS = ("endpoint", "model", "provider", "base_url", "calls")
+HOURLY_COLUMNS = ("hour", "endpoint", "model", "provider", "base_url", "calls", "input",
+                  "cached", "output", "reasoning", "cost", "priced", "errors")
+NUMBERS = HOURLY_COLUMNS[5:]
+
+
+def hourly(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
+    """Calls, tokens, cost and errors per UTC hour, endpoint and model: one GROUP BY."""
+    eng = eng or store.engine()
+    hour = _hour(eng).label("hour")
+    query = (select(hour, c.endpoint, c.model, func.min(c.provider), func.min(c.base_url),
+                    func.count(), func.sum(c.input_tokens),
+                    func.sum(c.cached_input_tokens), func.sum(c.output_tokens),
+                    func.sum(c.reasoning_tokens), func.sum(c.cost_usd), func.count(c.cost_usd),
+                    func.sum(case((c.status == "error", 1), else_=0)))
+             .where(_where(user_id, f)).group_by(hour, c.endpoint, c.model))
+    with eng.connect() as conn:
+        found = conn.execute(query).all()
+    frame = pd.DataFrame(found, columns=list(HOURLY_COLUMNS))
+    frame["hour"] = pd.to_datetime(frame["hour"], format="%Y-%m-%d %H", utc=True)
+    frame["cost"] = pd.to_numeric(frame["cost"]).fillna(0.0).astype(float)
+    for name in ("calls", "input", "cached", "output", "reasoning", "priced", "errors"):
+        frame[name] = pd.to_numeric(frame[name]).fillna(0).astype("int64")
+    return frame
+
+
+def daily(hours: pd.DataFrame, tz: ZoneInfo) -> pd.DataFrame:
+    """The hourly buckets rolled up to days and model in the browser's zone.
+
+    Zones whose offset is not whole hours (India, Nepal) put up to 45 minutes of a day on its
+    neighbour; the totals stay exact.
+    """
+    if hours.empty:
+        return pd.DataFrame(columns=["day", "model", *NUMBERS])
+    local_day = hours["hour"].dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
+    return (hours.assign(day=local_day)[["day", "model", *NUMBERS]]
+            .groupby(["day", "model"], as_index=False).sum())
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The figures above the charts."""
+
+    calls: int = 0
+    input: int = 0
+    cached: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cost_usd: float = 0.0
+    priced: int = 0  # calls whose cost is known (0 included)
+    errors: int = 0
+    by_model: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False)
+
+    @property
+    def unpriced(self) -> int:
+        """Calls without a price: their cost is not in cost_usd."""
+        return self.calls - self.priced
+
+    @property
+    def error_rate(self) -> float:
+        """Errors over calls, 0 for none."""
+        return self.errors / self.calls if self.calls else 0.0
+
+
+def totals(hours: pd.DataFrame) -> Totals:
+    """The range's totals, summed from the hourly buckets (no second pass over the log)."""
+    if hours.empty:
+        return Totals()
+    sums = hours[list(NUMBERS)].sum()
+    by_model = (hours[["model", *NUMBERS]].groupby("model", as_index=False).sum()
+                .sort_values("cost", ascending=False))
+    return Totals(int(sums["calls"]), int(sums["input"]), int(sums["cached"]),
+                  int(sums["output"]), int(sums["reasoning"]), float(sums["cost"]),
+                  int(sums["priced"]), int(sums["errors"]), by_model)
+
+
+def speed(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
+    """Median and p95 of time to first token and of output tokens/s, per model.
+
+    Over the latest SPEED_SAMPLE finished calls of the range (exact below that): three narrow
+    columns read newest first along the (user_id, started_at) index, so a year of a million
+    calls costs what a busy week does.
+    """
+    generating = c.total_s - c.ttft_s
+    tps = case((and_(generating > 0, c.output_tokens > 0), c.output_tokens / generating),
+               else_=None)
+    query = (select(c.model, c.ttft_s, tps).where(_where(user_id, f), c.status == "ok")
+             .order_by(c.started_at.desc()).limit(SPEED_SAMPLE))
+    with (eng or store.engine()).connect() as conn:
+        found = conn.execute(query).all()
+    frame = pd.DataFrame(found, columns=["model", "ttft", "tps"])
+    frame[["ttft", "tps"]] = frame[["ttft", "tps"]].astype("float32")
+    grouped = frame.groupby("model")
+    result = pd.DataFrame({
+        "calls": grouped.size(),
+        "ttft_p50": grouped["ttft"].median(), "ttft_p95": grouped["ttft"].quantile(0.95),
+        "tps_p50": grouped["tps"].median(), "tps_p95": grouped["tps"].quantile(0.95),
+    })
+    return result.reset_index().sort_values("calls", ascending=False, ignore_index=True)
+
+
+def _frame(found: list[Any], tz: ZoneInfo) -> pd.DataFrame:
+    frame = pd.DataFrame(found, columns=[col.name for col in LEDGER_COLUMNS])
+    frame["started_at"] = _utc(frame["started_at"]).dt.tz_convert(tz)
+    frame["cost_usd"] = pd.to_numeric(frame["cost_usd"]).astype("Float64")
+    generating = frame["total_s"] - frame["ttft_s"]
+    frame["tokens_per_s"] = (frame["output_tokens"] / generating).where(
+        (generating > 0) & (frame["output_tokens"] > 0))
+    frame["estimated"] = frame["estimated"].astype(bool)
+    return frame
+
+
+def ledger(user_id: str, f: Filters, tz: ZoneInfo, *, sort: str = "time",
+           descending: bool = True, page: int = 1, page_size: int = 50,
+           eng: Engine | None = None) -> pd.DataFrame:
+    """One page of the filtered ledger, sorted in the database over the whole filtered set."""
+    column = SORTABLE.get(sort, c.started_at)
+    order = column.desc() if descending else column.asc()
+    # NULLs (unknown cost, no first token) last in both directions, the id breaks ties. The
+    # time column has none, and leaving the test out lets the index do the sorting.
+    keys = [order, c.id.desc()] if column is c.started_at else [column.is_(None), order, c.id]
+    query = (select(*LEDGER_COLUMNS).where(_where(user_id, f)).order_by(*keys)
+             .limit(page_size).offset(max(page - 1, 0) * page_size))
+    with (eng or store.engine()).connect() as conn:
+        found = conn.execute(query).all()
+    return _frame(found, tz)
+
+
+def dearest(user_id: str, f: Filters, tz: ZoneInfo, n: int = 10, *,
+            eng: Engine | None = None) -> pd.DataFrame:
+    """The n most expensive calls of the range."""
+    frame = ledger(user_id, f, tz, sort="cost", page_size=n, eng=eng)
+    return frame[frame["cost_usd"].notna()]
+
+
+def count(user_id: str, f: Filters, *, eng: Engine | None = None) -> int:
+    """How many calls the filters keep."""
+    with (eng or store.engine()).connect() as conn:
+        return int(conn.execute(select(func.count()).where(_where(user_id, f))).scalar_one())
+
+
+def _export_frame(user_id: str, f: Filters, tz: ZoneInfo, eng: Engine | None) -> pd.DataFrame:
+    n = count(user_id, f, eng=eng)
+    if n > EXPORT_LIMIT:
+        raise UsageError("usage.export_too_big", n=f"{n:,}", limit=f"{EXPORT_LIMIT:,}")
+    query = select(*LEDGER_COLUMNS).where(_where(user_id, f)).order_by(c.started_at, c.id)
+    with (eng or store.engine()).connect() as conn:
+        found = conn.execute(query).all()
+    frame = _frame(found, tz)
+    frame.insert(2, "started_at_utc", frame["started_at"].dt.tz_convert(UTC))
+    return frame
+
+
+def export_csv(user_id: str, f: Filters, tz: ZoneInfo, *, eng: Engine | None = None) -> bytes:
+    """The filtered ledger as CSV (UTF-8 with a BOM, so Excel reads Chinese model names)."""
+    frame = _export_frame(user_id, f, tz, eng)
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return b"\xef\xbb\xbf" + buffer.getvalue().encode()
+
+
+def export_parquet(user_id: str, f: Filters, tz: ZoneInfo, *,
+                   eng: Engine | None = None) -> bytes:
+    """The filtered ledger as Parquet, types kept."""
+    frame = _export_frame(user_id, f, tz, eng)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
