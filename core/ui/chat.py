@@ -187,6 +187,7 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
     if (active is not None and not active[0].finished and active[1]["cid"] == thread.conversation.id
             and last is not None and active[1]["parent"] == last.id):
         _follow(active[0])
+        _redraw_saved(active[0])
 
 
 def _show_more() -> None:
@@ -453,7 +454,6 @@ def regenerate(question_id: int, choice: Choice, params: Params, thread: convs.T
                                               parent_id=full[at].parent_id, seq=seq)
         else:
             question = full[at]
-            seq = convs.switch_branch(user, cid, question_id, seq=seq)
     except convs.ConversationChanged:
         _changed()
         return
@@ -521,6 +521,14 @@ def _answer(user: str, cid: str, question: convs.ChatMessage,
     if fit.left_out:
         st.caption("✂ " + t("convo.left_out", n=len(fit.left_out)))
     _follow(run)
+    _redraw_saved(run)
+
+
+def _redraw_saved(run: Run) -> None:
+    # The answer has been saved: draw the page again from the conversation, so the sidebar
+    # lists it and the answer gets its buttons (regenerate, branches).
+    if run.finished:
+        st.rerun()
 
 
 def _follow(run: Run) -> None:
@@ -553,7 +561,11 @@ def _save(user: str, cid: str, question: convs.ChatMessage, view: dict[str, Any]
                               call_id=call.row_id, model=call.model)
     assert question.id is not None
     try:
-        convs.save_reply(user, cid, reply, parent_id=question.id)
+        saved = convs.save_reply(user, cid, reply, parent_id=question.id)
+        current = convs.get(user, cid)
+        if current.leaf_id != saved.id and saved.id is not None:
+            # A regenerated answer: the branch on screen moves onto it from the old answer.
+            convs.switch_branch(user, cid, saved.id, seq=current.seq)
         if ask_title and status == "ok":
             _title_from_model(user, cid, question.text, endpoint, call.model)
         after = convs.get(user, cid).seq

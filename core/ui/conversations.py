@@ -91,8 +91,12 @@ def _open_one(user: str, cid: str) -> None:
     side = st.sidebar
     spent = convs.spent(user, cid)
     if spent.calls:
-        cost = (t("meta.cost_unknown") if spent.cost_usd is None
-                else f"${spent.cost_usd:.6f}" + ("" if spent.cost_complete else "+"))
+        if spent.cost_usd is None:
+            cost = t("meta.cost_unknown")
+        elif spent.cost_usd == 0 and spent.cost_complete:
+            cost = t("meta.free")
+        else:
+            cost = f"${spent.cost_usd:.6f}" + ("" if spent.cost_complete else "+")
         side.caption(t("convo.spent", calls=spent.calls, input=spent.input_tokens,
                        output=spent.output_tokens, cost=cost))
     fit = st.session_state.get(chat.FIT)
@@ -167,10 +171,18 @@ def _import(user: str) -> None:
         if st.session_state.get(_IMPORTED) == upload.file_id:
             return  # imported on an earlier run: the file is still in the box
         st.session_state[_IMPORTED] = upload.file_id
-        try:
-            conv = convs.import_json(user, upload.getvalue())
-        except convs.ImportRefused as err:
-            st.error(t(err.key, **err.context), icon=":material/error:")
+        cid, problem = import_file(user, upload.getvalue())
+        if problem is not None:
+            st.error(problem, icon=":material/error:")
             return
-        chat.go_to(conv.id)
+        assert cid is not None
+        chat.go_to(cid)
         st.rerun()
+
+
+def import_file(user: str, data: bytes) -> tuple[str | None, str | None]:
+    """An uploaded file as a new conversation: its id, or the sentence saying why not."""
+    try:
+        return convs.import_json(user, data).id, None
+    except convs.ImportRefused as err:
+        return None, t(err.key, **err.context)
