@@ -143,3 +143,46 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
     assert "## User" in text and "Echo: Second one" in text
     assert "Stopped by the user." in text
     assert API_KEY not in text
+
+
+def test_what_a_stop_a_second_message_or_a_dying_server_leaves_is_saved(
+        start_on, tmp_path, browser, e2e_openai):
+    app = start_on(tmp_path / "faults.sqlite3", OPENAI_BASE_URL=e2e_openai.url,
+                   OPENAI_API_KEY=API_KEY)
+    page = app.open(browser)
+    # Stop before the first token: the answer is kept as stopped, also after a reload.
+    choose_model(page, "fault-slow")
+    expect(page.get_by_text("Ready: fault-slow")).to_be_visible()
+    send(page, "Stop me before I start")
+    expect(page.get_by_text("Waiting for the first token")).to_be_visible()
+    keyed(page, "owngpt_stop_").get_by_role("button").click()
+    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=5_000)
+    conversation_id(page)
+    page.reload()
+    expect(page.get_by_text(STOPPED)).to_be_visible()
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Stop me before")
+
+    # A message sent while an answer streams: the first is kept stopped, the second answered.
+    choose_model(page, "gpt-4o-mini")
+    e2e_openai.tokens, e2e_openai.rate = 300, 150
+    try:
+        send(page, "Long one")
+        expect(assistants(page).last).to_contain_text("▌")
+        send(page, "Next one")
+        expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+    finally:
+        e2e_openai.tokens, e2e_openai.rate = 40, 80
+    # The server dies mid-answer: the partial answer and the error are kept.
+    choose_model(page, "fault-disconnect")
+    send(page, "Tell me a long story")
+    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible(
+        timeout=15_000)
+    page.reload()
+    expect(page.get_by_text(STOPPED)).to_have_count(2)
+    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible()
+    expect(assistants(page)).to_have_count(4)
+    expect(assistants(page).nth(2)).to_contain_text("Echo: Next one")
+    expect(assistants(page).last).to_contain_text("Echo: Tell me a long story")
+    users = page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarUser"))
+    expect(users).to_have_count(4)  # nothing duplicated
