@@ -254,3 +254,18 @@ def test_an_export_imports_back_and_a_compare_pane_continues_in_chat(db, fake_op
     there = app(c=new_id).run()
     assert on_screen(there) == [("user", "compare me"), ("assistant", "compared")]
     assert there.sidebar.selectbox(key=MODEL_BOX).value == "gpt-4o"
+
+
+def test_titles_come_from_the_first_message_or_when_asked_from_the_model(db, fake_openai):
+    at = send(app().run(), "How do I bake sourdough bread at home with a cold kitchen?")
+    title = convs.get("local", address(at)).title
+    assert title.startswith("How do I bake sourdough") and len(title) <= 41
+    assert [r["source"] for r in call_rows(db)] == ["chat"]  # off by default: no extra call
+    at.button(key="convo_new").click().run()
+    at.sidebar.toggle(key="chat_ask_titles").set_value(True).run()
+    send(at, "Second conversation here", model=None)
+    rows = call_rows(db)
+    assert [r["source"] for r in rows] == ["chat", "chat", "title"]
+    assert rows[-1]["conversation_id"] == address(at)  # metered with its conversation
+    # The fake echoes the prompt, so the model's "title" starts with the instruction's words.
+    assert convs.get("local", address(at)).title.startswith("Echo")
