@@ -421,6 +421,16 @@ def send(prompt: str, choice: Choice, params: Params, thread: convs.Thread | Non
         return
     stop_reply()
     remember(user, choice)
+    active = st.session_state.get(_ACTIVE)
+    if (active is not None and thread is not None and active[1]["cid"] == thread.conversation.id
+            and active[1]["parent"] == thread.leaf_id):
+        # The answer this message follows was still streaming when the page read the
+        # conversation: once its worker has saved it, the new message goes below it.
+        active[0].wait(10)
+        try:
+            thread = convs.load(user, thread.conversation.id, last=1)
+        except convs.ConversationNotFound:
+            thread = None
     try:
         cid, seq = _settings_saved(user, choice, params, system, thread)
         parent = thread.leaf_id if thread is not None else None
