@@ -26,6 +26,7 @@ from core.providers import Message, Params, ProviderError
 from core.runner import Run
 from core.ui.errors import show_error
 from core.ui.pickers import KEPT, Choice, remember
+from core.ui.session import current_user
 from core.ui.stream import show_run, stop_run
 
 MAX_MESSAGE_CHARS = 500_000
@@ -288,17 +289,11 @@ def _switch(message_id: int | None) -> None:
     if message_id is None or view["cid"] is None:
         return
     try:
-        view["seq"] = convs.switch_branch(_user(), view["cid"], message_id, seq=view["seq"])
+        view["seq"] = convs.switch_branch(current_user(), view["cid"], message_id, seq=view["seq"])
     except convs.ConversationChanged:
         st.session_state[NOTICE] = "convo.changed"
     except convs.ConversationNotFound:
         st.session_state[NOTICE] = "convo.not_found"
-
-
-def _user() -> str:
-    from core.ui.session import current_user
-
-    return current_user()
 
 
 def mark_seen(thread: convs.Thread | None) -> None:
@@ -313,11 +308,6 @@ def mark_seen(thread: convs.Thread | None) -> None:
 def pending_action() -> tuple[Any, ...] | None:
     """A regenerate or an edit a button asked for, once."""
     return st.session_state.pop(PENDING, None)
-
-
-def pending_retry() -> None:
-    """Kept for callers of the session-history chat: Retry is now a regenerate."""
-    return None
 
 
 def _call_rows(ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -478,7 +468,7 @@ def _changed() -> None:
     cid = _view()["cid"]
     if cid is not None:
         try:
-            _view()["seq"] = convs.get(_user(), cid).seq
+            _view()["seq"] = convs.get(current_user(), cid).seq
         except convs.ConversationNotFound:
             new_chat()
 
