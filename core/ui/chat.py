@@ -245,25 +245,25 @@ def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None
     assert m.id is not None
     branch = thread.branches.get(m.id)
     busy = _streaming()
-    cols = st.columns([1, 1, 1, 1, 8], gap="small", vertical_alignment="center")
+    row = st.container(horizontal=True, vertical_alignment="center", gap="small")
     if branch is not None and branch.count > 1:
-        cols[0].button("‹", key=f"chat_prev_{m.id}", type="tertiary",
+        row.button("‹", key=f"chat_prev_{m.id}", type="tertiary",
                        disabled=busy or branch.step(-1) is None, on_click=_switch,
                        args=(branch.step(-1),), help=t("convo.prev_branch"))
-        cols[1].markdown(f"{branch.index}/{branch.count}")
-        cols[2].button("›", key=f"chat_next_{m.id}", type="tertiary",
+        row.markdown(f"{branch.index}/{branch.count}", width="content")
+        row.button("›", key=f"chat_next_{m.id}", type="tertiary",
                        disabled=busy or branch.step(1) is None, on_click=_switch,
                        args=(branch.step(1),), help=t("convo.next_branch"))
     if m.role == "assistant" and m.parent_id is not None:
         if is_last and m.status == "error":
-            cols[3].button(t("chat.retry"), key=f"chat_retry_{m.id}", icon=":material/refresh:",
+            row.button(t("chat.retry"), key=f"chat_retry_{m.id}", icon=":material/refresh:",
                            disabled=busy, on_click=_ask, args=(("regen", m.parent_id),))
         else:
-            cols[3].button(t("convo.regenerate"), key=f"chat_regen_{m.id}",
+            row.button(t("convo.regenerate"), key=f"chat_regen_{m.id}",
                            icon=":material/refresh:", type="tertiary", disabled=busy,
                            on_click=_ask, args=(("regen", m.parent_id),))
     elif m.role == "user":
-        with cols[3].popover(t("convo.edit"), icon=":material/edit:", disabled=busy):
+        with row.popover(t("convo.edit"), icon=":material/edit:", disabled=busy):
             st.text_area(t("convo.edit"), value=m.text, key=f"chat_edit_text_{m.id}")
             st.button(t("convo.edit_send"), key=f"chat_edit_{m.id}", on_click=_edit,
                       args=(m.id, f"chat_edit_text_{m.id}"), icon=":material/send:")
