@@ -269,3 +269,20 @@ def test_titles_come_from_the_first_message_or_when_asked_from_the_model(db, fak
     assert rows[-1]["conversation_id"] == address(at)  # metered with its conversation
     # The fake echoes the prompt, so the model's "title" starts with the instruction's words.
     assert convs.get("local", address(at)).title.startswith("Echo")
+
+
+def test_the_gauge_shows_how_full_the_context_is_on_opening(db, fake_openai):
+    turns = [convs.ChatMessage("user", "q " * 400), convs.ChatMessage("assistant", "a " * 400)]
+    cid = convs.create("local", endpoint="OpenAI-compatible", model="gpt-4o",
+                       messages=turns).id
+    at = app(c=cid).run()
+    [gauge] = at.sidebar.get("progress")
+    assert "of 128,000 tokens" in gauge.proto.text  # gpt-4o's window, before a send
+
+
+def test_a_conversations_model_is_chosen_even_when_the_server_does_not_list_it(
+        db, fake_openai):
+    cid = convs.create("local", endpoint="OpenAI-compatible", model="my-deployment",
+                       messages=[convs.ChatMessage("user", "hi")]).id
+    at = app(c=cid).run()
+    assert at.sidebar.selectbox(key=MODEL_BOX).value == "my-deployment"

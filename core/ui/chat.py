@@ -504,8 +504,7 @@ def _answer(user: str, cid: str, question: convs.ChatMessage,
     window = context_window(choice)
     reserve = params.max_tokens or min(1024, window // 4)
     fit = convs.fit_context(system, sendable(path_messages), window, reserve)
-    st.session_state[FIT] = {"cid": cid, "tokens": fit.tokens, "window": window,
-                             "left_out": len(fit.left_out)}
+    _keep_fit(cid, choice, system, fit, window)
     sent_params = replace(params, num_ctx=window) if choice.endpoint.kind == "ollama" else params
     call = Call(choice.endpoint, choice.model, fit.messages, sent_params, user_id=user,
                 source="chat", conversation_id=cid)
@@ -529,6 +528,31 @@ def _redraw_saved(run: Run) -> None:
     # lists it and the answer gets its buttons (regenerate, branches).
     if run.finished:
         st.rerun()
+
+
+def _keep_fit(cid: str, choice: Choice, system: str, fit: convs.Fit, window: int) -> None:
+    st.session_state[FIT] = {"cid": cid, "tokens": fit.tokens, "window": window,
+                             "left_out": len(fit.left_out),
+                             "for": (choice.endpoint.name, choice.model, system)}
+
+
+def measure_context(user: str, thread: convs.Thread | None, choice: Choice | None,
+                    params: Params, system: str) -> None:
+    """How full the model's context is with the open conversation, for the sidebar's gauge:
+    worked out when a conversation is opened or the model or system prompt changes (it reads
+    the whole branch), and after each message sent."""
+    if thread is None or choice is None or not thread.messages:
+        return
+    cid = thread.conversation.id
+    fit = st.session_state.get(FIT)
+    if fit and fit["cid"] == cid and fit.get("for") == (choice.endpoint.name, choice.model,
+                                                         system):
+        return
+    window = context_window(choice)
+    reserve = params.max_tokens or min(1024, window // 4)
+    path_messages = convs.path(user, cid)
+    _keep_fit(cid, choice, system, convs.fit_context(system, sendable(path_messages), window,
+                                                     reserve), window)
 
 
 def _follow(run: Run) -> None:

@@ -78,6 +78,9 @@ def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat",
     except ProviderError as err:
         show_error(err, sidebar)
         models = []
+    if (prefer and prefer.get("endpoint") == endpoint.name and prefer.get("model")
+            and prefer["model"] not in models):
+        models = [prefer["model"], *models]  # a conversation's model the server does not list
     options, index = _preselect(endpoint, models, last, only)
     model = sidebar.selectbox(
         t("picker.model"),
