@@ -347,6 +347,32 @@ def create(user_id: str, *, endpoint: str = "", model: str = "", system: str = "
         return _get(conn, user_id, cid)
 
 
+def address(conversation_id: str) -> str:
+    """The chat page's address of a conversation: opening it reopens the conversation."""
+    return f"/?c={conversation_id}"
+
+
+def continue_in_chat(user_id: str, *, endpoint: str, model: str, thread: Sequence[Message],
+                     system: str = "", params: Params | None = None,
+                     eng: Engine | None = None) -> tuple[str, str]:
+    """A new conversation holding a thread from elsewhere (a compare pane), to go on with on
+    the chat page; returns its id and its address (`/?c=<id>`).
+
+    `thread` is the pane's messages in order (user and assistant; a system message becomes the
+    system prompt when `system` is not given).
+    """
+    items = []
+    for m in thread:
+        if m.role == "system":
+            system = system or m.content
+        elif m.role in ROLES:
+            items.append(ChatMessage(m.role, m.content, model=model if m.role == "assistant"
+                                     else None))
+    conv = create(user_id, endpoint=endpoint, model=model, system=system, params=params,
+                  messages=items, eng=eng)
+    return conv.id, address(conv.id)
+
+
 def add_message(user_id: str, conversation_id: str, message: ChatMessage, *,
                 parent_id: int | None, seq: int,
                 eng: Engine | None = None) -> tuple[ChatMessage, int]:
@@ -808,7 +834,7 @@ def _snippet(text: str, needle: str) -> str:
 
 
 _PARAM_TYPES = {"temperature": (int, float), "top_p": (int, float), "max_tokens": (int,),
-                "seed": (int,)}
+                "seed": (int,), "num_ctx": (int,)}
 
 
 def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessage]], list[Any]]:
@@ -876,7 +902,8 @@ def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessag
 __all__ = [
     "MAX_IMPORT_BYTES", "Branch", "ChatMessage", "Conversation", "ConversationChanged",
     "ConversationNotFound", "Fit", "Hit", "ImportRefused", "Spent", "Summary", "Thread",
-    "add_message", "count_conversations", "create", "delete_conversation", "export_dict",
+    "add_message", "address", "continue_in_chat", "count_conversations", "create",
+    "delete_conversation", "export_dict",
     "export_json", "export_markdown", "fit_context", "get", "group_by_day", "import_json",
     "list_conversations", "load", "new_id", "path", "rename", "save_reply", "search", "spent",
     "switch_branch", "title_from_text", "title_with_model", "to_send", "update_settings",

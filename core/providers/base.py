@@ -40,6 +40,7 @@ class Params:
     top_p: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
+    num_ctx: int | None = None  # Ollama's context window for this request; others ignore it
 
 
 @dataclass

@@ -117,6 +117,7 @@ class OllamaProvider(Provider):
             "top_p": params.top_p,
             "num_predict": params.max_tokens,
             "seed": params.seed,
+            "num_ctx": params.num_ctx,
         }
         stream = await self.client.chat(
             model=model,

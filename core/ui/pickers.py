@@ -45,18 +45,20 @@ def store_models(endpoint: Endpoint, models: list[str]) -> None:
     st.session_state.setdefault("_models", {})[endpoint] = list(models)
 
 
-def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> Choice | None:
+def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat",
+                 prefer: dict[str, str] | None = None) -> Choice | None:
     """Endpoint and model selectors in the sidebar; None until both are chosen.
 
     Which model is chosen before the user picks one: the only model available, counting only
     endpoints that answered (an Ollama that is down does not make the choice ambiguous);
-    else the model the user last sent a message to; else the endpoint's `default_model`;
+    else `prefer` (the open conversation's endpoint and model), else the model the user last
+    sent a message to; else the endpoint's `default_model`;
     else the first of its preset's defaults that the server offers.
     """
     sidebar = st.sidebar
     if not endpoints:
         return None
-    last = _last_model(user)
+    last = prefer if prefer and prefer.get("endpoint") else _last_model(user)
     answered = _answered(endpoints)
     only = _only_model(answered)
     names = [e.name for e in endpoints]
@@ -76,6 +78,9 @@ def model_picker(endpoints: list[Endpoint], user: str, *, key: str = "chat") -> 
     except ProviderError as err:
         show_error(err, sidebar)
         models = []
+    if (prefer and prefer.get("endpoint") == endpoint.name and prefer.get("model")
+            and prefer["model"] not in models):
+        models = [prefer["model"], *models]  # a conversation's model the server does not list
     options, index = _preselect(endpoint, models, last, only)
     model = sidebar.selectbox(
         t("picker.model"),

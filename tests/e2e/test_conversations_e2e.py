@@ -1,0 +1,188 @@
+"""Saved conversations in a real browser: they survive a reload and a server restart, a
+stopped answer is kept, branches flip, and the Markdown export is what was said."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from core import store
+from tests.conftest import API_KEY, CONFIG_VARS, call_rows
+from tests.e2e.conftest import ROOT, RunningApp, _free_port, choose_model, send
+
+STOPPED = "Stopped. The partial answer is kept."
+
+
+@pytest.fixture(scope="module")
+def start_on(tmp_path_factory) -> Iterator[Callable[..., RunningApp]]:
+    """Start the app on a database of the caller's choosing, so a second start is the same
+    app after a restart; every app started is stopped at the end."""
+    started: list[RunningApp] = []
+
+    def start(db_path: Path, **env: str) -> RunningApp:
+        folder = tmp_path_factory.mktemp("convapp")
+        port = _free_port()
+        db_url = f"sqlite:///{db_path}"
+        clean = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+        clean.update(env)
+        clean.update(DATABASE_URL=db_url, OWNGPT_ENV_FILE=str(folder / "absent.env"),
+                     OWNGPT_AUTODETECT_OLLAMA="0")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--server.headless", "true", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=clean, stdout=subprocess.DEVNULL,
+            stderr=(folder / "stderr").open("w"))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/_stcore/health", timeout=1).text == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail((folder / "stderr").read_text())
+            time.sleep(0.2)
+        app = RunningApp(url, store.engine(db_url), process)
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        if app.process.poll() is None:
+            app.process.terminate()
+            app.process.wait(timeout=10)
+
+
+def assistants(page: Page):
+    return page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarAssistant"))
+
+
+def keyed(page: Page, prefix: str):
+    return page.locator(f"[class*='st-key-{prefix}']")
+
+
+def conversation_id(page: Page) -> str:
+    expect(page).to_have_url(re.compile(r"\?c="))
+    return re.search(r"[?&]c=([^&]+)", page.url).group(1)
+
+
+def test_conversations_survive_reload_and_restart_branch_and_export(
+        start_on, tmp_path, browser, e2e_openai):
+    db_path = tmp_path / "owngpt.sqlite3"
+    env = {"OPENAI_BASE_URL": e2e_openai.url, "OPENAI_API_KEY": API_KEY}
+    app = start_on(db_path, **env)
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    send(page, "First saved question")
+    expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+    first = conversation_id(page)
+
+    # A second conversation, stopped midway.
+    keyed(page, "convo_new").get_by_role("button").click()
+    expect(page).not_to_have_url(re.compile(r"\?c="))
+    e2e_openai.tokens, e2e_openai.rate = 300, 150
+    try:
+        send(page, "Second one, to be stopped")
+        expect(assistants(page).last).to_contain_text("▌")
+        keyed(page, "owngpt_stop_").get_by_role("button").click()
+        expect(page.get_by_text(STOPPED)).to_be_visible(timeout=5_000)
+    finally:
+        e2e_openai.tokens, e2e_openai.rate = 40, 80
+    second = conversation_id(page)
+    assert second != first
+
+    def both_kept(page: Page) -> None:
+        expect(keyed(page, f"convo_open_{first}")).to_contain_text("First saved question")
+        expect(keyed(page, f"convo_open_{second}")).to_contain_text("Second one")
+        expect(page.get_by_text(STOPPED)).to_be_visible()
+        expect(assistants(page).last).to_contain_text("Echo: Second one")
+        expect(assistants(page).last).not_to_contain_text("▌")
+
+    page.reload()
+    both_kept(page)
+
+    # The server restarts on the same database: the address opens the stopped one again.
+    app.process.terminate()
+    app.process.wait(timeout=10)
+    app = start_on(db_path, **env)
+    page = app.open(browser, f"/?c={second}")
+    both_kept(page)
+    rows = call_rows(app.db)
+    assert {r["conversation_id"] for r in rows} == {first, second}
+    assert sorted(r["status"] for r in rows) == ["ok", "stopped"]
+
+    # Regenerate the stopped answer: a second branch, and the arrows flip back to the first.
+    keyed(page, "chat_regen_").last.get_by_role("button").click()
+    expect(page.get_by_text("2/2")).to_be_visible(timeout=15_000)
+    expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+    expect(page.get_by_text(STOPPED)).to_have_count(0)
+    keyed(page, "chat_prev_").last.get_by_role("button").click()
+    expect(page.get_by_text("1/2")).to_be_visible()
+    expect(page.get_by_text(STOPPED)).to_be_visible()
+
+    # Export the branch on screen as Markdown.
+    page.get_by_test_id("stSidebar").get_by_text("This conversation", exact=True).click()
+    with page.expect_download() as download:
+        keyed(page, "convo_export_md").get_by_role("button").click()
+    text = Path(download.value.path()).read_text(encoding="utf-8")
+    assert text.startswith("# Second one, to be stopped")
+    assert "## User" in text and "Echo: Second one" in text
+    assert "Stopped by the user." in text
+    assert API_KEY not in text
+
+
+def test_what_a_stop_a_second_message_or_a_dying_server_leaves_is_saved(
+        start_on, tmp_path, browser, e2e_openai):
+    app = start_on(tmp_path / "faults.sqlite3", OPENAI_BASE_URL=e2e_openai.url,
+                   OPENAI_API_KEY=API_KEY)
+    page = app.open(browser)
+    # Stop before the first token: the answer is kept as stopped, also after a reload.
+    choose_model(page, "fault-slow")
+    expect(page.get_by_text("Ready: fault-slow")).to_be_visible()
+    send(page, "Stop me before I start")
+    expect(page.get_by_text("Waiting for the first token")).to_be_visible()
+    keyed(page, "owngpt_stop_").get_by_role("button").click()
+    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=5_000)
+    conversation_id(page)
+    page.reload()
+    expect(page.get_by_text(STOPPED)).to_be_visible()
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Stop me before")
+
+    # A message sent while an answer streams: the first is kept stopped, the second answered.
+    choose_model(page, "gpt-4o-mini")
+    e2e_openai.tokens, e2e_openai.rate = 300, 150
+    try:
+        send(page, "Long one")
+        expect(assistants(page).last).to_contain_text("▌")
+        send(page, "Next one")
+        expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+    finally:
+        e2e_openai.tokens, e2e_openai.rate = 40, 80
+    # The server dies mid-answer: the partial answer and the error are kept.
+    choose_model(page, "fault-disconnect")
+    send(page, "Tell me a long story")
+    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible(
+        timeout=15_000)
+    page.reload()
+    expect(page.get_by_text(STOPPED)).to_have_count(2)
+    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible()
+    expect(assistants(page)).to_have_count(4)
+    expect(assistants(page).nth(2)).to_contain_text("Echo: Next one")
+    expect(assistants(page).last).to_contain_text("Echo: Tell me a long story")
+    users = page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarUser"))
+    expect(users).to_have_count(4)  # nothing duplicated
