@@ -36,7 +36,10 @@ def keys_in(source: str, namespaces: set[str]) -> tuple[set[str], set[str]]:
     """
     keys: set[str] = set()
     built: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # The literal pieces of an f-string are prefixes, not keys ("usage.preset_" in f"...{p}").
+    pieces = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "t" and node.args:
             first = node.args[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
@@ -45,12 +48,12 @@ def keys_in(source: str, namespaces: set[str]) -> tuple[set[str], set[str]]:
                 head = first.values[0] if first.values else None
                 built.add(head.value if isinstance(head, ast.Constant) else "")
         if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                and KEY.fullmatch(node.value) and node.value.split(".")[0] in namespaces):
+                and id(node) not in pieces and KEY.fullmatch(node.value) and node.value.split(".")[0] in namespaces):
             keys.add(node.value)
         if isinstance(node, ast.JoinedStr) and node.values:
             head = node.values[0]
             if (isinstance(head, ast.Constant) and isinstance(head.value, str)
-                    and re.fullmatch(r"[a-z_]+\.", head.value)
+                    and re.fullmatch(r"[a-z_]+\.[a-z_.]*", head.value)
                     and head.value[:-1] in namespaces):
                 built.add(head.value)
     return keys, built
