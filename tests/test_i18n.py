@@ -48,7 +48,8 @@ def keys_in(source: str, namespaces: set[str]) -> tuple[set[str], set[str]]:
                 head = first.values[0] if first.values else None
                 built.add(head.value if isinstance(head, ast.Constant) else "")
         if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                and id(node) not in pieces and KEY.fullmatch(node.value) and node.value.split(".")[0] in namespaces):
+                and id(node) not in pieces and KEY.fullmatch(node.value)
+                and node.value.split(".")[0] in namespaces):
             keys.add(node.value)
         if isinstance(node, ast.JoinedStr) and node.values:
             head = node.values[0]

@@ -24,19 +24,10 @@ from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOpenAIServer
+from tests.streaming import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = [Message("user", "Hello, how are you today?")]
-
-
-def wait_until(check, timeout: float = 5.0, what: str = "condition"):
-    """Poll `check` until it returns something true, and return it; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
-    return found
 
 
 def endpoint(server):

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from core import aio
 from core.i18n import t
 from core.providers import ErrorKind, Message, OllamaProvider, Params, ProviderError
 from tests.fakes import FakeOllamaServer
 from tests.fakes.common import reply_tokens
+from tests.streaming import assert_cancel_drops_the_connection, drain
 
 HELLO = [Message("user", "你好 Ollama")]
-
-
-def drain(reply):
-    """Iterate the reply to its end on the app's call loop; the text it yielded."""
-    return aio.run(collect(reply), timeout=30)
-
-
-async def collect(reply):
-    return "".join([delta async for delta in reply])
 
 
 def test_streams_text_with_the_final_counters(ollama_server):
@@ -95,32 +84,13 @@ def test_disconnect_keeps_partial_text(ollama_server):
     assert reply.text.startswith("Echo:")
 
 
-def wait_until(check, timeout=5.0, what="condition"):
-    """Poll `check` until it is true; fail the test when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("moment", ["before the first token", "mid-answer"])
 def test_cancelling_the_task_drops_the_connection(moment):
     slow = moment == "before the first token"
     with FakeOllamaServer(slow_first_token=30, rate=0 if slow else 100, tokens=5000) as server:
         reply = OllamaProvider(server.url).stream(
             "fault-slow" if slow else "llama3.2:1b", HELLO, Params())
-        future = aio.submit(collect(reply))
-        if slow:
-            wait_until(lambda: server.requests, what="the request to arrive")
-        else:
-            wait_until(lambda: reply.text, what="the first token")
-        future.cancel()
-        # The server would wait 30 s (or stream 50 s) more had the connection stayed open.
-        assert server.wait_for_hangups(1, timeout=2.0), "the server never saw the hang-up"
-        wait_until(lambda: reply.total is not None, what="the reply to settle")
-        assert reply.text == "" if slow else reply.text.startswith("Echo")
-        assert not reply.complete
+        assert_cancel_drops_the_connection(server, reply, slow=slow)
 
 
 @pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from core import aio
 from core.providers import ErrorKind, Message, Params, ProviderError
 from core.providers.openai_adapter import OpenAIProvider, is_chat_model
 from tests.conftest import API_KEY
 from tests.fakes import FakeOpenAIServer
 from tests.fakes.common import reply_tokens
+from tests.streaming import assert_cancel_drops_the_connection, drain
 
 HELLO = [Message("user", "Hello there")]
 
@@ -19,15 +17,6 @@ HELLO = [Message("user", "Hello there")]
 def provider(server, **kwargs) -> OpenAIProvider:
     return OpenAIProvider(api_key=kwargs.pop("api_key", API_KEY), base_url=server.url,
                           max_retries=0, **kwargs)
-
-
-def drain(reply):
-    """Iterate the reply to its end on the app's call loop; the text it yielded."""
-    return aio.run(collect(reply), timeout=30)
-
-
-async def collect(reply):
-    return "".join([delta async for delta in reply])
 
 
 def test_streams_text_and_takes_usage_from_the_server(openai_server):
@@ -142,15 +131,6 @@ def test_a_base_url_without_v1_says_so(openai_server):
     assert caught.value.hint == "error.wrong_path"
 
 
-def wait_until(check, timeout=5.0, what="condition"):
-    """Poll `check` until it is true; fail the test when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize(
     ("moment", "model"),
     [("before the headers", "fault-slow-headers"), ("before the first token", "fault-slow"),
@@ -162,17 +142,7 @@ def test_cancelling_the_task_drops_the_connection(moment, model):
                           tokens=5000) as server:
         reply = OpenAIProvider(api_key="none", base_url=server.url, max_retries=0).stream(
             model, HELLO, Params())
-        future = aio.submit(collect(reply))
-        if slow:
-            wait_until(lambda: server.requests, what="the request to arrive")
-        else:
-            wait_until(lambda: reply.text, what="the first token")
-        future.cancel()
-        # The server would wait 30 s (or stream 50 s) more had the connection stayed open.
-        assert server.wait_for_hangups(1, timeout=2.0), "the server never saw the hang-up"
-        wait_until(lambda: reply.total is not None, what="the reply to settle")
-        assert reply.text == "" if slow else reply.text.startswith("Echo")
-        assert not reply.complete
+        assert_cancel_drops_the_connection(server, reply, slow=slow)
 
 
 @pytest.mark.parametrize("fault", ["cut-close", "cut-chunked"])

@@ -15,18 +15,10 @@ from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
+from tests.streaming import wait_until
 
 HELLO = [Message("user", "Hello")]
 STOP_BUDGET_S = 0.3  # issue 5: Stop -> worker ended and connection closed
-
-
-def wait_until(check, timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll `check` until it is true; fail the test when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def openai_endpoint(server):
