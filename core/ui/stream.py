@@ -62,20 +62,23 @@ class _Pane:
             self.thinking = st.empty()
             self.answer = st.empty()
         self.answer.markdown(f":gray[{t('chat.waiting')}]")
-        self.drawn = 0
+        self.drawn = 0  # characters on screen; -1 once the final answer is drawn
         self.thought: tuple[int, bool] = (0, False)
 
     def draw(self, call: Call, finished: bool) -> None:
         text, reasoning = call.text, call.reasoning
-        thought = (len(reasoning), bool(text) or finished)
+        done = finished or call.ended  # a pane whose call ended loses its cursor at once
+        thought = (len(reasoning), bool(text) or done)
         if reasoning and thought != self.thought:
             _draw_reasoning(self.thinking, reasoning, done=thought[1])
             self.thought = thought
-        if finished:
-            if text:
-                self.answer.markdown(text)
-            else:
-                self.answer.empty()
+        if done:
+            if self.drawn != -1:
+                if text:
+                    self.answer.markdown(text)
+                else:
+                    self.answer.empty()
+                self.drawn = -1
         elif len(text) != self.drawn:
             self.answer.markdown(text + " ▌")
             self.drawn = len(text)

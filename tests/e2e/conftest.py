@@ -85,13 +85,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningApp]]:
-    """Start the app with the given environment; every app started is stopped at the end."""
+    """Start the app with the given environment (and, to restart the same app, the database
+    file of an earlier start); every app started is stopped at the end."""
     started: list[RunningApp] = []
 
-    def start(**env: str) -> RunningApp:
+    def start(db_path: Path | None = None, **env: str) -> RunningApp:
         folder = tmp_path_factory.mktemp("app")
         port = _free_port()
-        db_url = f"sqlite:///{folder / 'owngpt.sqlite3'}"
+        db_url = f"sqlite:///{db_path or folder / 'owngpt.sqlite3'}"
         cleared = config_vars()
         clean = {k: v for k, v in os.environ.items() if k not in cleared}
         clean.update(TEST_ENV)
@@ -121,8 +122,9 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
 
     yield start
     for app in started:
-        app.process.terminate()
-        app.process.wait(timeout=10)
+        if app.process.poll() is None:
+            app.process.terminate()
+            app.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

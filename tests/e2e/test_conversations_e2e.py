@@ -3,67 +3,15 @@ stopped answer is kept, branches flip, and the Markdown export is what was said.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
-import pytest
 from playwright.sync_api import Page, expect
 
-from core import store
-from tests.conftest import API_KEY, CONFIG_VARS, call_rows
-from tests.e2e.conftest import ROOT, RunningApp, _free_port, choose_model, send
+from tests.conftest import API_KEY, call_rows
+from tests.e2e.conftest import choose_model, send
 
 STOPPED = "Stopped. The partial answer is kept."
-
-
-@pytest.fixture(scope="module")
-def start_on(tmp_path_factory) -> Iterator[Callable[..., RunningApp]]:
-    """Start the app on a database of the caller's choosing, so a second start is the same
-    app after a restart; every app started is stopped at the end."""
-    started: list[RunningApp] = []
-
-    def start(db_path: Path, **env: str) -> RunningApp:
-        folder = tmp_path_factory.mktemp("convapp")
-        port = _free_port()
-        db_url = f"sqlite:///{db_path}"
-        clean = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
-        clean.update(env)
-        clean.update(DATABASE_URL=db_url, OWNGPT_ENV_FILE=str(folder / "absent.env"),
-                     OWNGPT_AUTODETECT_OLLAMA="0")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--server.fileWatcherType", "none",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=clean, stdout=subprocess.DEVNULL,
-            stderr=(folder / "stderr").open("w"))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/_stcore/health", timeout=1).text == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail((folder / "stderr").read_text())
-            time.sleep(0.2)
-        app = RunningApp(url, store.engine(db_url), process)
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        if app.process.poll() is None:
-            app.process.terminate()
-            app.process.wait(timeout=10)
 
 
 def assistants(page: Page):
@@ -81,10 +29,10 @@ def conversation_id(page: Page) -> str:
 
 
 def test_conversations_survive_reload_and_restart_branch_and_export(
-        start_on, tmp_path, browser, e2e_openai):
+        start_app, tmp_path, browser, e2e_openai):
     db_path = tmp_path / "owngpt.sqlite3"
     env = {"OPENAI_BASE_URL": e2e_openai.url, "OPENAI_API_KEY": API_KEY}
-    app = start_on(db_path, **env)
+    app = start_app(db_path, **env)
     page = app.open(browser)
     choose_model(page, "gpt-4o-mini")
     send(page, "First saved question")
@@ -118,7 +66,7 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
     # The server restarts on the same database: the address opens the stopped one again.
     app.process.terminate()
     app.process.wait(timeout=10)
-    app = start_on(db_path, **env)
+    app = start_app(db_path, **env)
     page = app.open(browser, f"/?c={second}")
     both_kept(page)
     rows = call_rows(app.db)
@@ -146,8 +94,8 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
 
 
 def test_what_a_stop_a_second_message_or_a_dying_server_leaves_is_saved(
-        start_on, tmp_path, browser, e2e_openai):
-    app = start_on(tmp_path / "faults.sqlite3", OPENAI_BASE_URL=e2e_openai.url,
+        start_app, tmp_path, browser, e2e_openai):
+    app = start_app(tmp_path / "faults.sqlite3", OPENAI_BASE_URL=e2e_openai.url,
                    OPENAI_API_KEY=API_KEY)
     page = app.open(browser)
     # Stop before the first token: the answer is kept as stopped, also after a reload.
