@@ -121,7 +121,7 @@ def test_the_history_reopens_a_past_comparison_with_its_answers_and_vote(db, fak
     text = screen_text(later)
     assert text.count("Echo: Remember me") == 2  # both panes' answers
     assert "gpt-4o-mini (OpenAI-compatible)" in text and "gpt-4o (OpenAI-compatible)" in text
-    assert "Vote recorded." in text
+    assert "Vote recorded. Tie" in text  # the verdict itself, and no buttons to vote again
     assert not [b for b in later.button if b.key and b.key.startswith("cmp_vote_")]
 
 
