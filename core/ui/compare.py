@@ -226,7 +226,13 @@ def show_leaderboard(user: str) -> None:
         t("compare.wins"): r.wins, t("compare.losses"): r.losses, t("compare.ties"): r.ties,
         t("compare.win_rate"): r.win_rate, t("compare.ttft"): r.median_ttft_s,
         t("compare.tps"): r.median_tokens_per_s, t("compare.cost"): r.median_cost_usd,
-    } for r in rows]), width="stretch", hide_index=True)
+    } for r in rows]), width="stretch", hide_index=True, column_config={
+        # Figures a reader compares at a glance, not four decimals of noise.
+        t("compare.win_rate"): st.column_config.NumberColumn(format="percent"),
+        t("compare.ttft"): st.column_config.NumberColumn(format="%.2f"),
+        t("compare.tps"): st.column_config.NumberColumn(format="%.1f"),
+        t("compare.cost"): st.column_config.NumberColumn(format="%.4f"),
+    })
 
 
 def show_history(user: str) -> None:
