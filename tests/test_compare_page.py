@@ -95,3 +95,55 @@ def test_settings_per_pane_are_saved_and_sent_to_that_pane_only(db, fake_openai)
     systems = [m["content"] for body in fake_openai.requests[-2:]
                for m in body.get("messages", []) if m["role"] == "system"]
     assert systems == ["Answer like a pirate."]
+
+
+@pytest.fixture
+def fake_ollama(monkeypatch, ollama_server):
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.base_url)
+    return ollama_server
+
+
+def test_the_history_reopens_a_past_comparison_with_its_answers_and_vote(db, fake_openai):
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
+    at.chat_input[0].set_value("Remember me").run()
+    at.button(key=[b.key for b in at.button if b.key and b.key.endswith("_tie_None")][0]
+              ).click().run()
+    assert not at.exception, at.exception
+    # Another session (a reload, another day): nothing open until the history is clicked.
+    later = compare_page(app().run())
+    assert "Echo: Remember me" not in screen_text(later)
+    [entry] = [b for b in later.sidebar.button if b.key and b.key.startswith("cmp_hist_")]
+    assert entry.label == "Remember me"
+    entry.click().run()
+    assert not later.exception, later.exception
+    text = screen_text(later)
+    assert text.count("Echo: Remember me") == 2  # both panes' answers
+    assert "gpt-4o-mini (OpenAI-compatible)" in text and "gpt-4o (OpenAI-compatible)" in text
+    assert "Vote recorded. Tie" in text  # the verdict itself, and no buttons to vote again
+    assert not [b for b in later.button if b.key and b.key.startswith("cmp_vote_")]
+
+
+def test_two_models_on_one_ollama_server_get_the_queue_note(db, fake_ollama):
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_Ollama").set_value("llama3.2:1b")
+    at.selectbox(key="cmp_model_1_Ollama").set_value("llama3.2:1b").run()
+    assert not [i for i in at.info if "Ollama queues" in i.value]  # one model: nothing to swap
+    at.selectbox(key="cmp_model_1_Ollama").set_value("qwen3:0.6b").run()
+    assert [i for i in at.info if "Ollama queues or swaps them" in i.value]
+
+
+def test_an_ollama_pane_shows_its_load_time_apart_from_the_first_token(db, fake_ollama):
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_Ollama").set_value("llama3.2:1b")
+    at.selectbox(key="cmp_model_1_Ollama").set_value("qwen3:0.6b")
+    at.chat_input[0].set_value("How long did loading take").run()
+    assert not at.exception, at.exception
+    numbers = at.dataframe[0].value
+    assert list(numbers.columns[:3]) == ["First token (s)", "Total (s)", "Model load (s)"]
+    rows = {r["model"]: r for r in call_rows(db)}
+    for label, model in (("A · llama3.2:1b", "llama3.2:1b"), ("B · qwen3:0.6b", "qwen3:0.6b")):
+        assert numbers.loc[label, "Model load (s)"] == pytest.approx(0.001)  # the fake's 1 ms
+        assert numbers.loc[label, "First token (s)"] == pytest.approx(rows[model]["ttft_s"])
+        assert rows[model]["load_s"] == pytest.approx(0.001)

@@ -126,7 +126,15 @@ def numbers(comp: compare.Comparison, turn: compare.Turn) -> pd.DataFrame | None
             t("compare.tps"): r.output_tokens / gen if gen > 0 and r.output_tokens else None,
             t("compare.cost"): float(r.cost_usd) if r.cost_usd is not None else None,
         })
-    return pd.DataFrame(data).set_index(t("compare.pane")) if data else None
+    if not data:
+        return None
+    df = pd.DataFrame(data).set_index(t("compare.pane"))
+    # Numeric dtypes, so a figure the server did not give shows as "—", not "None".
+    counts = [t("compare.tokens_in"), t("compare.tokens_out")]
+    df = df.astype({c: "Int64" if c in counts else "float64" for c in df.columns})
+    if df[t("compare.load")].isna().all():  # only Ollama reports a load time: no empty column
+        df = df.drop(columns=t("compare.load"))
+    return df
 
 
 def show_numbers(df: pd.DataFrame) -> None:
@@ -136,7 +144,9 @@ def show_numbers(df: pd.DataFrame) -> None:
     styled = (df.style.highlight_min(subset=lower, color="#c8f7c5")
               .highlight_max(subset=higher, color="#c8f7c5").format(precision=3, na_rep="—"))
     st.dataframe(styled, width="stretch")
-    st.bar_chart(df[[t("compare.ttft"), t("compare.total")]], horizontal=True, height=160)
+    # Side by side, not stacked: a stacked bar would add the first token to the total.
+    st.bar_chart(df[[t("compare.ttft"), t("compare.total")]], horizontal=True, height=160,
+                 stack=False)
 
 
 def vote_buttons(user: str, comp: compare.Comparison, turn: compare.Turn) -> None:
@@ -154,6 +164,13 @@ def vote_buttons(user: str, comp: compare.Comparison, turn: compare.Turn) -> Non
                 st.warning(t(f"compare.refused.{err.reason}"), icon=":material/block:")
             else:
                 st.rerun()
+
+
+def vote_label(vote: dict) -> str:
+    """The verdict as its button said it: "A is best", "Tie", "Both bad"."""
+    if vote["outcome"] == "win":
+        return t("compare.best", pane=compare.pane_label(vote["winner"]))
+    return t(f"compare.{vote['outcome']}")
 
 
 def show_comparison(user: str, comp: compare.Comparison) -> None:
@@ -194,7 +211,7 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
         if turn.vote is None and all(a.status != "running" for a in turn.answers):
             vote_buttons(user, comp, turn)
         elif turn.vote is not None:
-            st.caption(t("compare.voted"))
+            st.caption(f"{t('compare.voted')} {vote_label(turn.vote)}")
 
 
 def show_leaderboard(user: str) -> None:
@@ -209,7 +226,13 @@ def show_leaderboard(user: str) -> None:
         t("compare.wins"): r.wins, t("compare.losses"): r.losses, t("compare.ties"): r.ties,
         t("compare.win_rate"): r.win_rate, t("compare.ttft"): r.median_ttft_s,
         t("compare.tps"): r.median_tokens_per_s, t("compare.cost"): r.median_cost_usd,
-    } for r in rows]), width="stretch", hide_index=True)
+    } for r in rows]), width="stretch", hide_index=True, column_config={
+        # Figures a reader compares at a glance, not four decimals of noise.
+        t("compare.win_rate"): st.column_config.NumberColumn(format="percent"),
+        t("compare.ttft"): st.column_config.NumberColumn(format="%.2f"),
+        t("compare.tps"): st.column_config.NumberColumn(format="%.1f"),
+        t("compare.cost"): st.column_config.NumberColumn(format="%.4f"),
+    })
 
 
 def show_history(user: str) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from core import store
 from tests.conftest import API_KEY, call_rows
+from tests.e2e.conftest import screenshot
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,8 @@ def test_two_panes_stream_at_once_then_numbers_vote_and_leaderboard(app, browser
     expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=20_000)
     rows = call_rows(app.db)
     assert {r["model"] for r in rows[-2:]} == {"gpt-4o-mini", "gpt-4o"}
+    expect(page.get_by_test_id("stVegaLiteChart").locator("canvas, svg").first).to_be_visible()
+    screenshot(page, "compare.png")  # the README's picture of this page
     page.get_by_role("button", name="A is best").click()
     expect(page.get_by_text("Vote recorded.")).to_be_visible()
     [vote] = votes(app, 1)
@@ -76,6 +79,8 @@ def test_blind_mode_reveals_the_names_only_after_the_vote(app, browser):
     page.get_by_role("button", name="Tie").click()
     expect(names).to_have_count(2, timeout=10_000)
     expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # now the numbers too
+    expect(page.get_by_test_id("stVegaLiteChart").locator("canvas, svg").first).to_be_visible()
+    screenshot(page, "compare-blind-voted.png")
 
 
 def test_stop_while_one_pane_waits_for_its_first_token_keeps_the_other(app, browser):
