@@ -170,7 +170,7 @@ def vote_label(vote: dict) -> str:
     """The verdict as its button said it: "A is best", "Tie", "Both bad"."""
     if vote["outcome"] == "win":
         return t("compare.best", pane=compare.pane_label(vote["winner"]))
-    return t(f"compare.{vote['outcome']}")
+    return t("compare.tie") if vote["outcome"] == "tie" else t("compare.both_bad")
 
 
 def show_comparison(user: str, comp: compare.Comparison) -> None:
