@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
@@ -147,3 +148,16 @@ def test_an_ollama_pane_shows_its_load_time_apart_from_the_first_token(db, fake_
         assert numbers.loc[label, "Model load (s)"] == pytest.approx(0.001)  # the fake's 1 ms
         assert numbers.loc[label, "First token (s)"] == pytest.approx(rows[model]["ttft_s"])
         assert rows[model]["load_s"] == pytest.approx(0.001)
+
+
+def test_a_failed_pane_is_never_highlighted_as_the_best():
+    """A pane that failed at once took 0 s and cost $0: that is no record to highlight."""
+    from core.i18n import t
+    from core.ui.compare import styled_numbers
+
+    cols = [t("compare.ttft"), t("compare.total"), t("compare.tps"), t("compare.cost")]
+    df = pd.DataFrame([[0.4, 2.0, 50.0, 0.002], [0.0, 0.0, None, 0.0]],
+                      index=["A · gpt-4o-mini", "B · broken"], columns=cols)
+    df.attrs["finished"] = ["A · gpt-4o-mini"]
+    rules = styled_numbers(df).to_html().split("</style>")[0]  # the highlighted cells' CSS
+    assert "row0_col" in rules and "row1_col" not in rules

@@ -112,11 +112,13 @@ def numbers(comp: compare.Comparison, turn: compare.Turn) -> pd.DataFrame | None
     with store.engine().connect() as conn:
         rows = {r.id: r for r in conn.execute(select(c).where(c.c.id.in_(ids),
                                                               c.c.user_id == comp.user_id))}
-    data = []
+    data, finished = [], []
     for a in turn.answers:
         r = rows.get(a.call_id)
         if r is None:
             continue
+        if r.status == "ok":
+            finished.append(f"{compare.pane_label(a.position)} · {r.model}")
         gen = (r.total_s or 0) - (r.ttft_s or 0)
         data.append({
             t("compare.pane"): f"{compare.pane_label(a.position)} · {r.model}",
@@ -134,15 +136,23 @@ def numbers(comp: compare.Comparison, turn: compare.Turn) -> pd.DataFrame | None
     df = df.astype({c: "Int64" if c in counts else "float64" for c in df.columns})
     if df[t("compare.load")].isna().all():  # only Ollama reports a load time: no empty column
         df = df.drop(columns=t("compare.load"))
+    df.attrs["finished"] = finished  # only a pane that answered in full can be the best
     return df
+
+
+def styled_numbers(df: pd.DataFrame) -> Any:
+    """The figures with the best of each highlighted among the panes that answered in full."""
+    lower = [t("compare.ttft"), t("compare.total"), t("compare.cost")]
+    higher = [t("compare.tps")]
+    best = df.attrs.get("finished", list(df.index))  # a failed pane's 0 s or $0 is no record
+    return (df.style.highlight_min(subset=(best, lower), color="#c8f7c5")
+            .highlight_max(subset=(best, higher), color="#c8f7c5")
+            .format(precision=3, na_rep="—"))
 
 
 def show_numbers(df: pd.DataFrame) -> None:
     """The figures with the best of each highlighted, and a small chart."""
-    lower = [t("compare.ttft"), t("compare.total"), t("compare.cost")]
-    higher = [t("compare.tps")]
-    styled = (df.style.highlight_min(subset=lower, color="#c8f7c5")
-              .highlight_max(subset=higher, color="#c8f7c5").format(precision=3, na_rep="—"))
+    styled = styled_numbers(df)
     st.dataframe(styled, width="stretch")
     # Side by side, not stacked: a stacked bar would add the first token to the total.
     st.bar_chart(df[[t("compare.ttft"), t("compare.total")]], horizontal=True, height=160,
