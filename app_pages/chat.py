@@ -4,6 +4,7 @@ import streamlit as st
 
 from core import ui
 from core.i18n import t
+from core.ui.usage import budget_banner
 
 user = ui.current_user()
 endpoints, problems = ui.endpoints()
@@ -16,6 +17,7 @@ if st.sidebar.button(t("chat.new"), icon=":material/add_comment:", width="stretc
 history: list = st.session_state.setdefault("history", [])
 
 st.title(t("chat.title"))
+budget_banner(user)
 for problem in problems:
     ui.show_config_error(problem)
 ready = st.empty()  # the "Ready" note goes as soon as a message is sent

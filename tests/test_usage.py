@@ -203,3 +203,40 @@ def test_a_call_with_no_usage_is_counted_and_estimated(db):
     assert (totals.calls, totals.errors, totals.unpriced) == (1, 1, 1)
     page = usage.ledger("ana", usage.Filters(), usage.zone(None), eng=db)
     assert page["tokens_per_s"].isna().all()
+
+
+def test_the_hard_stop_refuses_a_call_before_it_goes_out(db):
+    budget.set_budget("ana", "1", "USD", hard_stop=True, eng=db)
+    add(db, cost=Decimal("1.5"))
+    with FakeOpenAIServer(api_key=API_KEY, tokens=5) as server:
+        endpoint = make_endpoint("gw", "custom", base_url=server.url, api_key=API_KEY)
+        call = Call(endpoint, "gpt-4o-mini", [Message("user", "hi")], user_id="ana",
+                    source="compare", eng=db).run_sync(10)
+        assert server.requests == []  # nothing went out
+        other = Call(endpoint, "gpt-4o-mini", [Message("user", "hi")], user_id="bo",
+                     eng=db).run_sync(10)
+    assert call.status == "error" and call.error.kind == "budget"
+    assert call.error.hint == "error.budget" and call.text == ""
+    from core.i18n import t
+    assert "Usage page" in t(call.error.hint, **call.error.context)
+    with db.connect() as conn:
+        rows = conn.execute(store.calls.select().where(store.calls.c.user_id == "ana",
+                                                       store.calls.c.source == "compare")).all()
+    assert [(r.status, r.error_kind, r.cost_usd) for r in rows] == [("error", "budget", 0)]
+    assert other.status == "ok"  # bo has no budget
+
+
+def test_the_hard_stop_refuses_a_call_when_the_database_is_unreachable(tmp_path: Path):
+    path = tmp_path / "c.sqlite3"
+    eng = store.engine(f"sqlite:///{path}")
+    budget.set_budget("ana", "10", hard_stop=True, eng=eng)
+    budget.enforce("ana", eng=eng)
+    eng.dispose()
+    path.unlink()
+    path.mkdir()
+    with FakeOpenAIServer(api_key=API_KEY, tokens=5) as server:
+        endpoint = make_endpoint("gw", "custom", base_url=server.url, api_key=API_KEY)
+        call = Call(endpoint, "gpt-4o-mini", [Message("user", "hi")], user_id="ana",
+                    eng=eng).run_sync(10)
+        assert server.requests == []
+    assert call.status == "error" and call.error.hint == "error.budget_unavailable"

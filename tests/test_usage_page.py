@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import budget
+from tests.test_app import app
 from tests.test_usage import add
 
 
@@ -32,3 +35,18 @@ def test_a_seeded_ledger_shows_totals_rows_and_unpriced_calls(db):
     assert set(shown["model"]) == {"gpt-4o-mini", 'odd/"模型"'}
     at.multiselect(key="usage_models").select('odd/"模型"').run()
     assert list(at.dataframe[0].value["model"]) == ['odd/"模型"']
+
+
+@pytest.mark.parametrize("script", ["app_pages/chat.py", "app_pages/compare.py"])
+def test_chat_and_compare_warn_at_80_and_stop_at_100_percent(db, script):
+    at = app()
+    at.run()
+    at.switch_page(script).run()
+    assert not at.exception and not at.warning and not at.error
+    budget.set_budget("local", "1", "USD", hard_stop=True, eng=db)
+    add(db, user="local", cost=Decimal("0.85"))
+    at.run()
+    assert "85% of this month's budget used" in at.warning[0].value
+    add(db, user="local", cost=Decimal("0.30"))
+    at.run()
+    assert "This month's budget is spent: 1.15 of 1.00 USD." in at.error[0].value
