@@ -2,13 +2,15 @@
 
 import streamlit as st
 
-from core import budget, ui, usage
+from core import budget, metering, ui, usage
 from core.i18n import t
 from core.ui import usage as usage_ui
 
 user = ui.current_user()
 tz = usage.zone(st.context.timezone)
 st.title(t("usage.title"))
+# Calls of a process that died mid-answer show as interrupted, not running (one UPDATE).
+metering.mark_interrupted()
 
 if usage.count(user, usage.Filters()) == 0:
     st.info(t("usage.empty"), icon=":material/receipt_long:")

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, and_, case, func, or_, select
 
 from core import store
 
@@ -107,8 +107,23 @@ def date_range(preset: str, tz: ZoneInfo, *, today: date | None = None,
     return midnight(first), midnight(last + timedelta(days=1))
 
 
+def hidden_calls(user_id: str) -> Any:
+    """The ids of the user's calls in a blind comparison not voted on yet, as a subquery.
+
+    The same rows as `core.compare.hidden_call_ids`, asked inside every query of the page:
+    the ledger, totals, charts and exports would otherwise name a blind answer's model.
+    """
+    cm, a, v = store.comparisons, store.comparison_answers, store.comparison_votes
+    voted = select(v.c.comparison_id).where(v.c.user_id == user_id)
+    return (select(a.c.call_id).join(cm, cm.c.id == a.c.comparison_id)
+            .where(cm.c.user_id == user_id, cm.c.blind.is_(True), a.c.call_id.is_not(None),
+                   cm.c.id.not_in(voted)))
+
+
 def _where(user_id: str, f: Filters) -> Any:
-    conditions = [c.user_id == user_id]
+    # Only a row of a comparison can be hidden: the others skip the subquery.
+    conditions = [c.user_id == user_id,
+                  or_(c.comparison_id.is_(None), c.id.not_in(hidden_calls(user_id)))]
     if f.start is not None:
         conditions.append(c.started_at >= f.start)
     if f.end is not None:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, select
 
 from core import budget, pricing, store, usage
 from core.config import make_endpoint
@@ -240,3 +240,31 @@ def test_the_hard_stop_refuses_a_call_when_the_database_is_unreachable(tmp_path:
                     eng=eng).run_sync(10)
         assert server.requests == []
     assert call.status == "error" and call.error.hint == "error.budget_unavailable"
+
+
+def test_a_blind_comparison_stays_out_of_the_ledger_until_its_vote(db):
+    from core import compare
+    add(db, model="seen")
+    cid = compare.create("ana", blind=True, pool=[("OpenAI", "a"), ("OpenAI", "b")],
+                         n_panes=2, eng=db)
+    turn = compare.start_turn("ana", cid, "hi", eng=db)
+    for position, model in enumerate(("a", "b")):
+        add(db, model=model, source="compare", comparison_id=cid, cost=Decimal("0.5"))
+        with db.connect() as conn:
+            row_id = conn.execute(select(func.max(store.calls.c.id))).scalar_one()
+        compare.save_answer(cid, turn, position, text="x", status="ok", call_id=row_id, eng=db)
+    assert len(compare.hidden_call_ids("ana", eng=db)) == 2
+    every = usage.Filters()
+    tz = usage.zone(None)
+
+    def shown() -> tuple:
+        totals = usage.totals(usage.hourly("ana", every, eng=db))
+        csv = usage.export_csv("ana", every, tz, eng=db).decode("utf-8-sig")
+        return (set(usage.ledger("ana", every, tz, eng=db)["model"]), totals.calls,
+                round(totals.cost_usd, 2), usage.count("ana", every, eng=db),
+                set(usage.facets("ana", every, eng=db)["model"]),
+                len(csv.strip().splitlines()) - 1)
+
+    assert shown() == ({"seen"}, 1, 0.01, 1, {"seen"}, 1)
+    compare.vote("ana", cid, turn, "tie", eng=db)
+    assert shown() == ({"seen", "a", "b"}, 3, 1.01, 3, {"seen", "a", "b"}, 3)
