@@ -28,8 +28,8 @@ m[3].metric(t("usage.cost"), f"${totals.cost_usd:,.4f}")
 m[4].metric(t("usage.error_rate"), f"{totals.error_rate:.1%}")
 st.caption(t("usage.cost_of", n=f"{totals.priced:,}", m=f"{totals.unpriced:,}"))
 
-ledger_tab, charts_tab, budget_tab = st.tabs([t("usage.ledger"), t("usage.charts"),
-                                              t("usage.budget")])
+ledger_tab, charts_tab, prices_tab, budget_tab = st.tabs(
+    [t("usage.ledger"), t("usage.charts"), t("usage.prices"), t("usage.budget")])
 with ledger_tab:
     left, mid, right = st.columns(3)
     sort = left.selectbox(t("usage.sort"), list(usage.SORTABLE), key="usage_sort")
@@ -54,6 +54,13 @@ with charts_tab:
     st.dataframe(usage.speed(user, chosen), hide_index=True, width="stretch")
     st.dataframe(usage.dearest(user, chosen, tz), column_config=usage_ui.ledger_config(),
                  hide_index=True, width="stretch")
+with prices_tab:
+    seen = usage.facets(user, chosen)
+    if chosen.endpoints:
+        seen = seen[seen["endpoint"].isin(chosen.endpoints)]
+    if chosen.models:
+        seen = seen[seen["model"].isin(chosen.models)]
+    usage_ui.prices(user, seen, {e.name: e for e in ui.endpoints()[0]})
 with budget_tab:
     usage_ui.budget_banner(user)
     known = budget.get_budget(user)

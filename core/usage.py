@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 from sqlalchemy import Engine, and_, case, func, or_, select
 
-from core import store
+from core import pricing, store
 
 c = store.calls.c
 PAGE_SIZES = (25, 50, 100, 500)
@@ -343,3 +343,47 @@ def export_parquet(user_id: str, f: Filters, tz: ZoneInfo, *,
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+PRICE_COLUMNS = ("endpoint", "model", "input", "cached_input", "output", "currency", "source")
+
+
+def prices_in_force(user_id: str, seen: pd.DataFrame, configured: dict[str, Any], *,
+                    eng: Engine | None = None) -> pd.DataFrame:
+    """The price a new call of each (endpoint, model) seen would be charged, per 1M tokens.
+
+    `seen` has the facets' columns (endpoint, model, provider, base_url); `configured` maps
+    endpoint names to the configured Endpoint (a row's own URL stands in for one removed since).
+    Prices are strings as a user types them; a model without a price has empty prices and the
+    source "none".
+    """
+    rows = []
+    for r in seen.drop_duplicates(["endpoint", "model"]).itertuples():
+        endpoint = pricing.endpoint_from_log(r.endpoint, r.provider, r.base_url, configured)
+        price, source = pricing.price_in_force(endpoint, r.model, user_id=user_id, eng=eng)
+
+        def text(value: Any) -> str:
+            return "" if value is None else f"{value.normalize():f}"
+
+        rows.append((r.endpoint, r.model, text(price and price.input),
+                     text(price and price.cached_input), text(price and price.output),
+                     price.currency if price else "USD", source))
+    return pd.DataFrame(rows, columns=list(PRICE_COLUMNS)).sort_values(
+        ["endpoint", "model"], ignore_index=True)
+
+
+def changed_prices(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[str, str, Any]]:
+    """The rows a user edited, checked: [(endpoint, model, Price)]; PriceError on a bad one.
+
+    All rows are checked before any is returned, so one bad cell saves nothing.
+    """
+    found = []
+    keys = ["input", "cached_input", "output", "currency"]
+    for (_, old), (_, new) in zip(before.iterrows(), after.iterrows(), strict=True):
+        if [str(old[k] or "") for k in keys] == [str(new[k] if new[k] is not None else "")
+                                                 for k in keys]:
+            continue
+        found.append((new["endpoint"], new["model"],
+                      pricing.parse_price(new["input"], new["cached_input"], new["output"],
+                                          new["currency"])))
+    return found

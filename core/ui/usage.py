@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import budget, usage
+from core import budget, pricing, usage
 from core.i18n import t
 
 
@@ -88,3 +88,69 @@ def tokens_chart(by_model: pd.DataFrame) -> alt.Chart:
     return alt.Chart(long).mark_bar().encode(
         y=alt.Y("model:N", title=None), x=alt.X("tokens:Q"), color="kind:N",
         tooltip=["model:N", "kind:N", "tokens:Q"])
+
+
+def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
+    """The prices in force for the models seen, editable; re-pricing only on its own button."""
+    saved = st.session_state.pop("usage_prices_saved", None)
+    if saved is not None:
+        st.success(t("usage.prices_saved", n=saved), icon=":material/check:")
+    table = usage.prices_in_force(user_id, seen, configured)
+    if table.empty:
+        st.info(t("usage.prices_none_seen"), icon=":material/sell:")
+        return
+    unpriced = table[table["source"] == "none"]
+    if not unpriced.empty:
+        st.warning(t("usage.prices_unpriced", models=", ".join(unpriced["model"])),
+                   icon=":material/money_off:")
+    cc = st.column_config
+    shown = table.assign(source=table["source"].map(lambda s: t(f"usage.src_{s}")))
+    with st.form("usage_prices"):
+        st.caption(t("usage.prices_help"))
+        edited = st.data_editor(
+            shown, key="usage_prices_editor", hide_index=True, width="stretch",
+            disabled=["endpoint", "model", "source"],
+            column_config={
+                "endpoint": cc.TextColumn(t("usage.endpoint")),
+                "model": cc.TextColumn(t("usage.model")),
+                "input": cc.TextColumn(t("usage.price_input")),
+                "cached_input": cc.TextColumn(t("usage.price_cached")),
+                "output": cc.TextColumn(t("usage.price_output")),
+                "currency": cc.SelectboxColumn(t("usage.currency"),
+                                               options=list(pricing.CURRENCIES), required=True),
+                "source": cc.TextColumn(t("usage.price_source")),
+            })
+        rate = st.text_input(t("usage.rate"), value=f"{pricing.cny_per_usd(user_id):f}",
+                             key="usage_rate")
+        save = st.form_submit_button(t("usage.prices_save"), key="usage_prices_save")
+    if save:
+        try:
+            changes = usage.changed_prices(shown, edited)
+            new_rate = pricing.parse_amount(rate, field=t("usage.rate"))
+            if new_rate is None or new_rate == 0:
+                raise pricing.PriceError("prices.err_rate")
+        except pricing.PriceError as err:
+            st.error(t(err.key, **err.context) + " " + t("usage.prices_not_saved"),
+                     icon=":material/error:")
+            return
+        if new_rate != pricing.cny_per_usd(user_id):
+            pricing.set_cny_per_usd(user_id, new_rate)
+        for endpoint, model, price in changes:
+            pricing.set_user_price(user_id, endpoint, model, price)
+        st.session_state.pop("usage_prices_editor", None)
+        # Drawn again at once so the table, its sources and the re-price button are current.
+        st.session_state["usage_prices_saved"] = len(changes)
+        st.rerun()
+    yours = table[table["source"] == "yours"]
+    if not yours.empty and st.button(t("usage.reprice", n=len(yours)), key="usage_reprice",
+                                     help=t("usage.reprice_help")):
+        changed = 0
+        for row in yours.itertuples():
+            price = pricing.user_price(user_id, row.endpoint, row.model)
+            if price is not None:
+                changed += pricing.reprice(user_id, row.endpoint, row.model, price)
+        st.session_state["usage_repriced"] = changed
+        st.rerun()  # the totals above are drawn again with the new costs
+    repriced = st.session_state.pop("usage_repriced", None)
+    if repriced is not None:
+        st.success(t("usage.repriced", n=f"{repriced:,}"), icon=":material/check:")
