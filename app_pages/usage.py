@@ -24,7 +24,7 @@ m[0].metric(t("usage.calls"), f"{totals.calls:,}")
 m[1].metric(t("usage.tokens_in"), f"{totals.input:,}", help=t("usage.cached_n",
                                                               n=f"{totals.cached:,}"))
 m[2].metric(t("usage.tokens_out"), f"{totals.output:,}")
-m[3].metric(t("usage.cost"), f"${totals.cost_usd:,.4f}")
+m[3].metric(t("usage.cost"), usage_ui.money(totals.cost_usd), help=f"${totals.cost_usd:,.6f}")
 m[4].metric(t("usage.error_rate"), f"{totals.error_rate:.1%}")
 st.caption(t("usage.cost_of", n=f"{totals.priced:,}", m=f"{totals.unpriced:,}"))
 
@@ -37,12 +37,13 @@ with ledger_tab:
     pages = max(1, -(-totals.calls // size))
     page = right.number_input(t("usage.page", n=pages), 1, pages, 1, key="usage_page")
     st.dataframe(usage.ledger(user, chosen, tz, sort=sort, page=int(page), page_size=size),
-                 column_config=usage_ui.ledger_config(), hide_index=True, width="stretch")
+                 column_config=usage_ui.ledger_config(), column_order=usage_ui.LEDGER_ORDER,
+                 hide_index=True, width="stretch")
     if totals.calls > usage.EXPORT_LIMIT:
         st.warning(t("usage.export_too_big", n=f"{totals.calls:,}",
                      limit=f"{usage.EXPORT_LIMIT:,}"), icon=":material/filter_alt:")
     else:
-        a, b = st.columns(2)
+        a, b, _ = st.columns([1, 1, 3])
         a.download_button(t("usage.csv"), lambda: usage.export_csv(user, chosen, tz),
                           "owngpt-usage.csv", "text/csv", key="usage_csv")
         b.download_button(t("usage.parquet"), lambda: usage.export_parquet(user, chosen, tz),

@@ -58,6 +58,13 @@ def filters(user_id: str, tz_name: str | None) -> usage.Filters:
                          tuple(statuses))
 
 
+# What a user reads first (when, which model, how many tokens, what it cost), then the rest.
+LEDGER_ORDER = ("started_at", "model", "input_tokens", "cached_input_tokens", "output_tokens",
+                "cost_usd", "status", "ttft_s", "total_s", "tokens_per_s", "error_kind",
+                "reasoning_tokens", "estimated", "endpoint", "provider", "source",
+                "server_model", "conversation_id", "comparison_id", "id")
+
+
 def ledger_config() -> dict:
     """Column types and formats of the ledger table."""
     cc = st.column_config
@@ -71,6 +78,12 @@ def ledger_config() -> dict:
         "cached_input_tokens": cc.NumberColumn(t("usage.col_cached"), format="%d"),
         "output_tokens": cc.NumberColumn(t("usage.col_output"), format="%d"),
         "estimated": cc.CheckboxColumn(t("usage.col_estimated")),
+        "model": cc.TextColumn(t("usage.model")),
+        "status": cc.TextColumn(t("usage.status")),
+        "error_kind": cc.TextColumn(t("usage.col_error")),
+        "reasoning_tokens": cc.NumberColumn(t("usage.col_reasoning"), format="%d"),
+        "endpoint": cc.TextColumn(t("usage.endpoint")),
+        "source": cc.TextColumn(t("usage.source")),
     }
 
 
@@ -154,3 +167,8 @@ def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
     repriced = st.session_state.pop("usage_repriced", None)
     if repriced is not None:
         st.success(t("usage.repriced", n=f"{repriced:,}"), icon=":material/check:")
+
+
+def money(usd: float) -> str:
+    """A total in dollars that fits its metric (the exact figure goes in its help)."""
+    return f"${usd:,.2f}" if usd >= 100 else f"${usd:,.4f}"
