@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
-from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
 
 from core import pricing, store
 
@@ -144,24 +144,29 @@ def facets(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFra
     """Each (endpoint, model) of the user's log in the filters' time range, with its calls.
 
     The endpoint, model, page and status choices are left out, so the lists the user picks
-    from do not shrink to what they picked.
+    from do not shrink to what they picked. The GROUP BY reads the covering index only; the
+    provider and URL of each pair come from one of its rows (a handful of pairs).
     """
+    eng = eng or store.engine()
     ranged = Filters(start=f.start, end=f.end)
-    query = (select(c.endpoint, c.model, func.min(c.provider), func.min(c.base_url),
-                    func.count())
+    query = (select(c.endpoint, c.model, func.count())
              .where(_where(user_id, ranged)).group_by(c.endpoint, c.model))
-    with (eng or store.engine()).connect() as conn:
-        found = conn.execute(query).all()
-    return pd.DataFrame(found, columns=list(FACET_COLUMNS))
+    one = (select(c.provider, c.base_url)
+           .where(c.user_id == user_id, c.endpoint == bindparam("e"), c.model == bindparam("m"))
+           .limit(1))
+    rows = []
+    with eng.connect() as conn:
+        for endpoint, model, n in conn.execute(query).all():
+            provider, base_url = conn.execute(one, {"e": endpoint, "m": model}).one()
+            rows.append((endpoint, model, provider, base_url, n))
+    return pd.DataFrame(rows, columns=list(FACET_COLUMNS))
 
 
 def facets_of(hours: pd.DataFrame) -> pd.DataFrame:
-    """The facets read off hourly buckets (when no endpoint/model/page/status is chosen)."""
+    """The (endpoint, model) pairs and their calls read off hourly buckets."""
     if hours.empty:
-        return pd.DataFrame(columns=list(FACET_COLUMNS))
-    return (hours.groupby(["endpoint", "model"], as_index=False)
-            .agg(provider=("provider", "first"), base_url=("base_url", "first"),
-                 calls=("calls", "sum")))
+        return pd.DataFrame(columns=["endpoint", "model", "calls"])
+    return hours.groupby(["endpoint", "model"], as_index=False).agg(calls=("calls", "sum"))
 
 
 def has_facet_choice(f: Filters) -> bool:
@@ -176,28 +181,141 @@ def _hour(eng: Engine) -> Any:
 
 
 FACET_COLUMNS = ("endpoint", "model", "provider", "base_url", "calls")
-HOURLY_COLUMNS = ("hour", "endpoint", "model", "provider", "base_url", "calls", "input",
-                  "cached", "output", "reasoning", "cost", "priced", "errors")
-NUMBERS = HOURLY_COLUMNS[5:]
+HOURLY_COLUMNS = ("hour", "endpoint", "model", "calls", "input", "cached", "output",
+                  "reasoning", "cost", "priced", "errors")
+NUMBERS = HOURLY_COLUMNS[3:]
 
 
-def hourly(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
-    """Calls, tokens, cost and errors per UTC hour, endpoint and model: one GROUP BY."""
-    eng = eng or store.engine()
+def _hourly_raw(user_id: str, f: Filters, eng: Engine, *, only: Any = None) -> pd.DataFrame:
     hour = _hour(eng).label("hour")
-    query = (select(hour, c.endpoint, c.model, func.min(c.provider), func.min(c.base_url),
-                    func.count(), func.sum(c.input_tokens),
+    # Only columns of the covering index ix_calls_user_rollup: the table itself is not read.
+    query = (select(hour, c.endpoint, c.model, func.count(), func.sum(c.input_tokens),
                     func.sum(c.cached_input_tokens), func.sum(c.output_tokens),
                     func.sum(c.reasoning_tokens), func.sum(c.cost_usd), func.count(c.cost_usd),
                     func.sum(case((c.status == "error", 1), else_=0)))
-             .where(_where(user_id, f)).group_by(hour, c.endpoint, c.model))
+             .where(_where(user_id, f) if only is None else and_(*_range(user_id, f), only))
+             .group_by(hour, c.endpoint, c.model))
     with eng.connect() as conn:
-        found = conn.execute(query).all()
-    frame = pd.DataFrame(found, columns=list(HOURLY_COLUMNS))
-    frame["hour"] = pd.to_datetime(frame["hour"], format="%Y-%m-%d %H", utc=True)
+        return pd.DataFrame(conn.execute(query).all(), columns=list(HOURLY_COLUMNS))
+
+
+def _range(user_id: str, f: Filters) -> list[Any]:
+    conditions = [c.user_id == user_id]
+    if f.start is not None:
+        conditions.append(c.started_at >= f.start)
+    if f.end is not None:
+        conditions.append(c.started_at < f.end)
+    for column, chosen in ((c.endpoint, f.endpoints), (c.model, f.models)):
+        if chosen:
+            conditions.append(column.in_(chosen))
+    return conditions
+
+
+# Hours are rolled up once they are this far in the past (a call's row settles within the
+# heartbeat's staleness, see core.metering.STALE_AFTER_S).
+SETTLE = timedelta(minutes=62)
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def roll_up(user_id: str, *, eng: Engine | None = None, now: datetime | None = None) -> datetime:
+    """Add the user's newly settled hours to `calls_hourly`; returns the instant rolled up to.
+
+    An hour is settled when it is over by SETTLE and no call of the user that started in it or
+    later is still running. Each page draw adds the hours since the last one (one small
+    GROUP BY); the first draw over an old log does them all once. Re-pricing forgets the
+    rollup (store.forget_rollup), votes are applied at read time (hidden rows subtracted).
+    """
+    eng = eng or store.engine()
+    h, r = store.calls_hourly, store.calls_rolled
+    until = _floor_hour((now or datetime.now(UTC)) - SETTLE)
+    with eng.begin() as conn:
+        running = conn.execute(select(func.min(c.started_at)).where(
+            c.user_id == user_id, c.status == "running")).scalar()
+        if running is not None:
+            until = min(until, _floor_hour(_utc(running).to_pydatetime()))
+        done = conn.execute(select(r.c.until).where(r.c.user_id == user_id)).scalar()
+        done = None if done is None else _utc(done).to_pydatetime()
+        if done is not None and done >= until:
+            return done
+        hour = _hour(eng)
+        rows = (select(c.user_id, hour, c.endpoint, c.model, func.count(),
+                       func.coalesce(func.sum(c.input_tokens), 0),
+                       func.coalesce(func.sum(c.cached_input_tokens), 0),
+                       func.coalesce(func.sum(c.output_tokens), 0),
+                       func.coalesce(func.sum(c.reasoning_tokens), 0),
+                       func.coalesce(func.sum(c.cost_usd), 0), func.count(c.cost_usd),
+                       func.sum(case((c.status == "error", 1), else_=0)))
+                .where(c.user_id == user_id, c.started_at < until,
+                       *([] if done is None else [c.started_at >= done]))
+                .group_by(c.user_id, hour, c.endpoint, c.model))
+        conn.execute(h.insert().from_select(
+            ["user_id", "hour", "endpoint", "model", "calls", "input", "cached", "output",
+             "reasoning", "cost", "priced", "errors"], rows))
+        if done is None:
+            conn.execute(r.insert().values(user_id=user_id, until=until))
+        else:
+            conn.execute(r.update().where(r.c.user_id == user_id).values(until=until))
+    return until
+
+
+def _whole_hours(f: Filters) -> bool:
+    return all(t is None or (t.minute, t.second, t.microsecond) == (0, 0, 0)
+               for t in (f.start, f.end))
+
+
+def _hour_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H")
+
+
+def hourly(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
+    """Calls, tokens, cost and errors per UTC hour, endpoint and model.
+
+    Settled hours come from the rollup table, the last hour or so from the log itself, and
+    rows still hidden (blind comparisons without a vote) are taken off. A choice of page or
+    status, or a range not cut on whole UTC hours (India's midnight), asks the log directly.
+    """
+    eng = eng or store.engine()
+    if f.sources or f.statuses or not _whole_hours(f):
+        frame = _hourly_raw(user_id, f, eng)
+    else:
+        until = roll_up(user_id, eng=eng)
+        h = store.calls_hourly.c
+        cond = [h.user_id == user_id]
+        if f.start is not None:
+            cond.append(h.hour >= _hour_text(f.start))
+        rolled_end = until if f.end is None else min(until, f.end)
+        cond.append(h.hour < _hour_text(rolled_end))
+        for column, chosen in ((h.endpoint, f.endpoints), (h.model, f.models)):
+            if chosen:
+                cond.append(column.in_(chosen))
+        with eng.connect() as conn:
+            rolled = pd.DataFrame(conn.execute(
+                select(h.hour, h.endpoint, h.model, h.calls, h.input, h.cached, h.output,
+                       h.reasoning, h.cost, h.priced, h.errors).where(*cond)).all(),
+                columns=list(HOURLY_COLUMNS))
+        start = until if f.start is None else max(until, f.start)
+        recent = (_hourly_raw(user_id, Filters(start, f.end, f.endpoints, f.models), eng)
+                  if f.end is None or start < f.end else rolled.iloc[:0])
+        # Hidden rows are in the rollup: their sums come off (a few rows, by id).
+        before = Filters(f.start, rolled_end, f.endpoints, f.models)
+        hidden = _hourly_raw(user_id, before, eng, only=and_(
+            c.comparison_id.is_not(None), c.id.in_(hidden_calls(user_id))))
+        parts = [p for p in (rolled, recent) if not p.empty]
+        if not hidden.empty:
+            hidden[list(NUMBERS)] = -hidden[list(NUMBERS)].apply(pd.to_numeric).fillna(0)
+            parts.append(hidden)
+        frame = (pd.concat(parts, ignore_index=True) if parts
+                 else pd.DataFrame(columns=list(HOURLY_COLUMNS)))
     frame["cost"] = pd.to_numeric(frame["cost"]).fillna(0.0).astype(float)
     for name in ("calls", "input", "cached", "output", "reasoning", "priced", "errors"):
         frame[name] = pd.to_numeric(frame[name]).fillna(0).astype("int64")
+    if len(frame):
+        frame = frame.groupby(["hour", "endpoint", "model"], as_index=False)[list(NUMBERS)].sum()
+        frame = frame[frame["calls"] > 0].reset_index(drop=True)
+    frame["hour"] = pd.to_datetime(frame["hour"], format="%Y-%m-%d %H", utc=True)
     return frame
 
 
@@ -296,11 +414,14 @@ def ledger(user_id: str, f: Filters, tz: ZoneInfo, *, sort: str = "time",
     # NULLs (unknown cost, no first token) last in both directions, the id breaks ties. The
     # time column has none, and leaving the test out lets the index do the sorting.
     keys = [order, c.id.desc()] if column is c.started_at else [column.is_(None), order, c.id]
-    query = (select(*LEDGER_COLUMNS).where(_where(user_id, f)).order_by(*keys)
-             .limit(page_size).offset(max(page - 1, 0) * page_size))
+    # The page's ids are chosen on the covering index, then only their rows are read.
+    ids = (select(c.id).where(_where(user_id, f)).order_by(*keys)
+           .limit(page_size).offset(max(page - 1, 0) * page_size))
     with (eng or store.engine()).connect() as conn:
-        found = conn.execute(query).all()
-    return _frame(found, tz)
+        chosen = conn.execute(ids).scalars().all()
+        found = {r.id: r for r in conn.execute(select(*LEDGER_COLUMNS)
+                                               .where(c.id.in_(chosen)))} if chosen else {}
+    return _frame([found[i] for i in chosen if i in found], tz)
 
 
 def dearest(user_id: str, f: Filters, tz: ZoneInfo, n: int = 10, *,

@@ -268,3 +268,33 @@ def test_a_blind_comparison_stays_out_of_the_ledger_until_its_vote(db):
     assert shown() == ({"seen"}, 1, 0.01, 1, {"seen"}, 1)
     compare.vote("ana", cid, turn, "tie", eng=db)
     assert shown() == ({"seen", "a", "b"}, 3, 1.01, 3, {"seen", "a", "b"}, 3)
+
+
+def test_the_hourly_rollup_matches_the_log_and_follows_votes_and_repricing(db):
+    from core import compare
+    now = datetime.now(UTC)
+    for hours_ago in (0, 1, 3, 30, 300):
+        add(db, at=now - timedelta(hours=hours_ago, minutes=5), cost=Decimal("0.01"))
+    add(db, at=now - timedelta(hours=5), model="m2", cost=None)
+    cid = compare.create("ana", blind=True, pool=[("OpenAI", "a"), ("OpenAI", "b")],
+                         n_panes=2, eng=db)
+    turn = compare.start_turn("ana", cid, "hi", eng=db)
+    add(db, at=now - timedelta(hours=4), model="a", comparison_id=cid, cost=Decimal("1"))
+    with db.connect() as conn:
+        row_id = conn.execute(select(func.max(store.calls.c.id))).scalar_one()
+    compare.save_answer(cid, turn, 0, text="x", status="ok", call_id=row_id, eng=db)
+    compare.save_answer(cid, turn, 1, text="", status="error", eng=db)
+    every = usage.Filters()
+    raw = usage._hourly_raw("ana", every, db)
+    for _ in range(2):  # the first builds the rollup, the second reads it
+        rolled = usage.hourly("ana", every, eng=db)
+        assert usage.totals(rolled) == usage.totals(usage.hourly(
+            "ana", usage.Filters(sources=("chat",)), eng=db))  # the log asked directly
+        assert (usage.totals(rolled).calls, round(usage.totals(rolled).cost_usd, 2)) == (6, 0.05)
+        assert len(rolled) == len(raw)
+    with db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(store.calls_hourly)).scalar() >= 4
+    compare.vote("ana", cid, turn, "win", winner=0, eng=db)
+    assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 2) == 1.05
+    pricing.reprice("ana", "*", "m2", pricing.Price(Decimal(1), Decimal(1)))
+    assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 4) == 1.0501
