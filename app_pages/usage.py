@@ -12,12 +12,11 @@ st.title(t("usage.title"))
 # Calls of a process that died mid-answer show as interrupted, not running (one UPDATE).
 metering.mark_interrupted()
 
-if usage.count(user, usage.Filters()) == 0:
+if not usage.has_calls(user):
     st.info(t("usage.empty"), icon=":material/receipt_long:")
     st.stop()
 
-chosen = usage_ui.filters(user, st.context.timezone)
-hours = usage.hourly(user, chosen)
+chosen, hours = usage_ui.filters(user, st.context.timezone)
 totals = usage.totals(hours)
 m = st.columns(5)
 m[0].metric(t("usage.calls"), f"{totals.calls:,}")
@@ -56,11 +55,7 @@ with charts_tab:
     st.dataframe(usage.dearest(user, chosen, tz), column_config=usage_ui.ledger_config(),
                  hide_index=True, width="stretch")
 with prices_tab:
-    seen = usage.facets(user, chosen)
-    if chosen.endpoints:
-        seen = seen[seen["endpoint"].isin(chosen.endpoints)]
-    if chosen.models:
-        seen = seen[seen["model"].isin(chosen.models)]
+    seen = usage.with_urls(user, usage.facets_of(hours))
     usage_ui.prices(user, seen, {e.name: e for e in ui.endpoints()[0]})
 with budget_tab:
     usage_ui.budget_banner(user)

@@ -28,8 +28,9 @@ def budget_banner(user_id: str) -> None:
         st.warning(t("budget.warn", **args), icon=":material/warning:")
 
 
-def filters(user_id: str, tz_name: str | None) -> usage.Filters:
-    """The filter row; a bad date range is reported and falls back to all time."""
+def filters(user_id: str, tz_name: str | None) -> tuple[usage.Filters, pd.DataFrame]:
+    """The filter row and the hourly buckets it keeps; a bad date range is reported and falls
+    back to all time."""
     tz = usage.zone(tz_name)
     cols = st.columns([1, 1, 1, 1, 1])
     preset = cols[0].selectbox(t("usage.range"), usage.PRESETS, index=3,
@@ -45,7 +46,8 @@ def filters(user_id: str, tz_name: str | None) -> usage.Filters:
     except usage.UsageError as err:
         st.error(t(err.key, **err.context), icon=":material/event_busy:")
         start, end = None, None
-    facets = usage.facets(user_id, usage.Filters(start, end))
+    ranged = usage.hourly(user_id, usage.Filters(start, end))  # one read serves the lists too
+    facets = usage.facets_of(ranged)
     endpoints = cols[1].multiselect(t("usage.endpoint"), sorted(set(facets["endpoint"])),
                                     key="usage_endpoints")
     models = cols[2].multiselect(t("usage.model"), sorted(set(facets["model"])),
@@ -54,8 +56,9 @@ def filters(user_id: str, tz_name: str | None) -> usage.Filters:
                                   key="usage_sources")
     statuses = cols[4].multiselect(t("usage.status"), list(usage.store.STATUSES),
                                    key="usage_statuses")
-    return usage.Filters(start, end, tuple(endpoints), tuple(models), tuple(sources),
-                         tuple(statuses))
+    chosen = usage.Filters(start, end, tuple(endpoints), tuple(models), tuple(sources),
+                           tuple(statuses))
+    return chosen, usage.narrowed(user_id, chosen, ranged)
 
 
 # What a user reads first (when, which model, how many tokens, what it cost), then the rest.
