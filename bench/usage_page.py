@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from core import store, usage
+from core import metering, store, usage
 
 
 def draw(path: str, preset: str) -> None:
@@ -24,6 +24,7 @@ def draw(path: str, preset: str) -> None:
     eng = store.engine(f"sqlite:///{path}")
     tz = usage.zone("Asia/Shanghai")
     began = time.perf_counter()
+    metering.mark_interrupted(eng)
     usage.has_calls("local", eng=eng)
     start, end = usage.date_range(preset, tz)
     chosen = usage.Filters(start, end)

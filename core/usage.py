@@ -10,6 +10,7 @@ refused above EXPORT_LIMIT rows.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -17,9 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from core import pricing, store
 
+log = logging.getLogger(__name__)
 c = store.calls.c
 PAGE_SIZES = (25, 50, 100, 500)
 # An export above this many rows would build a frame and a file near the page's memory goal
@@ -301,10 +304,17 @@ def hourly(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFra
     status, or a range not cut on whole UTC hours (India's midnight), asks the log directly.
     """
     eng = eng or store.engine()
-    if f.sources or f.statuses or not _whole_hours(f):
+    until = None
+    if not (f.sources or f.statuses or not _whole_hours(f)):
+        try:
+            until = roll_up(user_id, eng=eng)
+        except (OperationalError, IntegrityError):
+            # Locked by another writer, or another tab rolled the same hours at once: this
+            # draw asks the log directly, the next one uses the rollup.
+            log.warning("hourly rollup skipped for this draw", exc_info=True)
+    if until is None:
         frame = _hourly_raw(user_id, f, eng)
     else:
-        until = roll_up(user_id, eng=eng)
         h = store.calls_hourly.c
         cond = [h.user_id == user_id]
         if f.start is not None:

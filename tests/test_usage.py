@@ -298,3 +298,32 @@ def test_the_hourly_rollup_matches_the_log_and_follows_votes_and_repricing(db):
     assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 2) == 1.05
     pricing.reprice("ana", "*", "m2", pricing.Price(Decimal(1), Decimal(1)))
     assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 4) == 1.0501
+
+
+def test_a_rollup_that_cannot_be_written_falls_back_to_the_log(db):
+    import sqlite3
+    import threading
+    import time
+    add(db, at=datetime.now(UTC) - timedelta(hours=5), cost=Decimal("0.5"))
+    locked, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        conn = sqlite3.connect(db.url.database, timeout=1)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(30)
+        conn.commit()
+        conn.close()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    assert locked.wait(5)
+    try:
+        began = time.monotonic()
+        totals = usage.totals(usage.hourly("ana", usage.Filters(), eng=db))
+        assert (totals.calls, totals.cost_usd) == (1, 0.5)
+        assert time.monotonic() - began < 25
+    finally:
+        release.set()
+        thread.join(10)
+    assert usage.totals(usage.hourly("ana", usage.Filters(), eng=db)).calls == 1
