@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import budget, pricing
+from tests.conftest import API_KEY, call_rows
 from tests.test_app import app
 from tests.test_usage import add
 
@@ -112,3 +113,21 @@ def test_bad_prices_get_a_sentence_and_nothing_is_saved(db, row, rate, said):
     assert said in at.error[0].value and "Nothing was saved." in at.error[0].value
     assert pricing.user_price("local", "Qwen", "qwen-odd") is None
     assert pricing.cny_per_usd("local") == pricing.DEFAULT_CNY_PER_USD
+
+
+def test_the_chat_shows_what_to_do_when_the_hard_stop_refuses_a_call(db, openai_server):
+    budget.set_budget("local", "1", "USD", hard_stop=True, eng=db)
+    add(db, user="local", cost=Decimal("2"))
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Solo", "base_url": openai_server.url,
+                                "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
+    at.run()
+    sent = len(openai_server.requests)
+    at.chat_input[0].set_value("over budget?").run()
+    assert not at.exception
+    said = [e.value for e in at.error]
+    assert any("Raise the budget, or turn off the hard stop, on the Usage page" in s
+               for s in said), said
+    assert len(openai_server.requests) == sent  # nothing went out
+    rows = [r for r in call_rows(db) if r["error_kind"] == "budget"]
+    assert [(r["status"], r["source"]) for r in rows] == [("error", "chat")]
