@@ -20,8 +20,6 @@ BUILT = {
     "compare.refused.": ("already_voted", "all_failed", "still_running", "winner_failed",
                          "no_prompt", "pane_count", "empty_pool", "choose_models",
                          "not_found", "bad_outcome"),  # compare.CompareError.reason
-    "usage.preset_": ("today", "7d", "month", "30d", "all", "custom"),  # usage.PRESETS
-    "usage.src_": ("yours", "catalog", "free", "none"),  # pricing.Source
 }
 
 

@@ -11,6 +11,13 @@ import streamlit as st
 from core import budget, pricing, usage
 from core.i18n import t
 
+# Keys written out whole, so the catalog check (tests/test_i18n.py) finds each one.
+PRESET_KEYS = {"today": "usage.preset_today", "7d": "usage.preset_7d",
+               "month": "usage.preset_month", "30d": "usage.preset_30d",
+               "all": "usage.preset_all", "custom": "usage.preset_custom"}
+SOURCE_KEYS = {"yours": "usage.src_yours", "catalog": "usage.src_catalog",
+               "free": "usage.src_free", "none": "usage.src_none"}
+
 
 def budget_banner(user_id: str) -> None:
     """A warning at 80% of the monthly budget, an error at 100% (nothing without a budget)."""
@@ -34,7 +41,7 @@ def filters(user_id: str, tz_name: str | None) -> tuple[usage.Filters, pd.DataFr
     tz = usage.zone(tz_name)
     cols = st.columns([1, 1, 1, 1, 1])
     preset = cols[0].selectbox(t("usage.range"), usage.PRESETS, index=3,
-                               format_func=lambda p: t(f"usage.preset_{p}"), key="usage_preset")
+                               format_func=lambda p: t(PRESET_KEYS[p]), key="usage_preset")
     custom = None
     if preset == "custom":
         picked = cols[0].date_input(t("usage.dates"), value=(date.today(), date.today()),
@@ -120,7 +127,7 @@ def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
         st.warning(t("usage.prices_unpriced", models=", ".join(unpriced["model"])),
                    icon=":material/money_off:")
     cc = st.column_config
-    shown = table.assign(source=table["source"].map(lambda s: t(f"usage.src_{s}")))
+    shown = table.assign(source=table["source"].map(lambda s: t(SOURCE_KEYS[s])))
     with st.form("usage_prices"):
         st.caption(t("usage.prices_help"))
         edited = st.data_editor(
