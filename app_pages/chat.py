@@ -4,6 +4,7 @@ import streamlit as st
 
 from core import ui
 from core.i18n import t
+from core.ui.usage import budget_banner
 
 user = ui.current_user()
 endpoints, problems = ui.endpoints()
@@ -17,6 +18,7 @@ ui.conversations_sidebar(user, thread.conversation.id if thread else None)
 
 st.title(t("chat.title"))
 ui.show_notice()
+budget_banner(user)
 for problem in problems:
     ui.show_config_error(problem)
 ready = st.empty()  # the "Ready" note goes as soon as a message is sent

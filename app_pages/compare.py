@@ -5,10 +5,12 @@ import streamlit as st
 from core import compare, ui
 from core.i18n import t
 from core.ui import compare as cui
+from core.ui.usage import budget_banner
 
 user = ui.current_user()
 endpoints, problems = ui.endpoints()
 st.title(t("compare.title"))
+budget_banner(user)
 for problem in problems:
     ui.show_config_error(problem)
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, bindparam, func
 from sqlalchemy.exc import OperationalError
 
-from core import aio, pricing, store
+from core import aio, budget, pricing, store
 from core.config import Endpoint
 from core.providers import Message, Params, ProviderError, Reply, Usage, provider_for
 from core.providers.base import ErrorKind, log_failure, redact
@@ -189,6 +189,14 @@ class Call:
             self.status, self.ended_at = "stopped", datetime.now(UTC)
             return self
         self.started_at = datetime.now(UTC)
+        # The budget's hard stop, checked before anything is sent, on the writer thread (it
+        # reads the database): every page and every kind of call passes here.
+        refusal = await loop.run_in_executor(_writer, self._admit)
+        if refusal is not None:
+            self._usage, self.cost, self._elapsed = Usage(), Decimal(0), 0.0
+            self.error, self.status, self.ended_at = refusal, "error", datetime.now(UTC)
+            await loop.run_in_executor(_writer, self._refused_row)
+            return self
         self.status = "running"
         started = time.perf_counter()
         # The row goes in beside the request, on the writer thread: neither waits for the other.
@@ -260,6 +268,26 @@ class Call:
             self.cost = cost
         except Exception:  # a pricing failure must not lose the row
             log.exception("pricing failed for %s", self.model)
+
+    def _admit(self) -> ProviderError | None:
+        """None when the call may go out; else why it is refused (the budget's hard stop)."""
+        try:
+            budget.enforce(self.user_id, eng=self._engine())
+        except (budget.BudgetExceeded, budget.BudgetUnavailable) as exc:
+            hint = ("error.budget" if isinstance(exc, budget.BudgetExceeded)
+                    else "error.budget_unavailable")
+            # No detail: the server said nothing, the sentence says what to do.
+            return ProviderError(ErrorKind.BUDGET, hint=hint, model=self.model,
+                                 url=self.endpoint.base_url)
+        return None
+
+    def _refused_row(self) -> None:
+        # One row, written whole: the call never went out, so nothing was used or billed.
+        try:
+            self.row_id = _write(self._engine(), lambda conn: conn.execute(
+                _INSERT, {**_identity(self), **self._final_row()}).inserted_primary_key[0])
+        except Exception:  # an unreachable database is a reason for the refusal itself
+            log.warning("could not write the refused call of %s", self.model, exc_info=True)
 
     def _insert(self) -> None:
         estimate = self.reply.estimate_usage()

@@ -333,4 +333,5 @@ def reprice(user_id: str, endpoint: str, model: str, price: Price, *,
         where.append(c.endpoint == endpoint)
     with eng.begin() as conn:
         result = conn.execute(store.calls.update().where(and_(*where)).values(cost_usd=money))
+        store.forget_rollup(conn, user_id)  # its hourly sums hold the old costs
     return result.rowcount

@@ -10,23 +10,26 @@ refused above EXPORT_LIMIT rows.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from core import store
+from core import pricing, store
 
+log = logging.getLogger(__name__)
 c = store.calls.c
 PAGE_SIZES = (25, 50, 100, 500)
 # An export above this many rows would build a frame and a file near the page's memory goal
 # (600 MB); measured in bench/usage_page.py. The user is told to narrow the filters.
 EXPORT_LIMIT = 250_000
 # Percentiles of speed are taken over at most this many of the latest finished calls.
-SPEED_SAMPLE = 100_000
+SPEED_SAMPLE = 20_000
 PRESETS = ("today", "7d", "month", "30d", "all", "custom")
 # Columns the ledger can be sorted by (name on screen -> column in the database).
 SORTABLE = {
@@ -107,8 +110,23 @@ def date_range(preset: str, tz: ZoneInfo, *, today: date | None = None,
     return midnight(first), midnight(last + timedelta(days=1))
 
 
+def hidden_calls(user_id: str) -> Any:
+    """The ids of the user's calls in a blind comparison not voted on yet, as a subquery.
+
+    The same rows as `core.compare.hidden_call_ids`, asked inside every query of the page:
+    the ledger, totals, charts and exports would otherwise name a blind answer's model.
+    """
+    cm, a, v = store.comparisons, store.comparison_answers, store.comparison_votes
+    voted = select(v.c.comparison_id).where(v.c.user_id == user_id)
+    return (select(a.c.call_id).join(cm, cm.c.id == a.c.comparison_id)
+            .where(cm.c.user_id == user_id, cm.c.blind.is_(True), a.c.call_id.is_not(None),
+                   cm.c.id.not_in(voted)))
+
+
 def _where(user_id: str, f: Filters) -> Any:
-    conditions = [c.user_id == user_id]
+    # Only a row of a comparison can be hidden: the others skip the subquery.
+    conditions = [c.user_id == user_id,
+                  or_(c.comparison_id.is_(None), c.id.not_in(hidden_calls(user_id)))]
     if f.start is not None:
         conditions.append(c.started_at >= f.start)
     if f.end is not None:
@@ -131,22 +149,49 @@ def facets(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFra
     The endpoint, model, page and status choices are left out, so the lists the user picks
     from do not shrink to what they picked.
     """
-    ranged = Filters(start=f.start, end=f.end)
-    query = (select(c.endpoint, c.model, func.min(c.provider), func.min(c.base_url),
-                    func.count())
-             .where(_where(user_id, ranged)).group_by(c.endpoint, c.model))
+    eng = eng or store.engine()
+    return with_urls(user_id, facets_of(hourly(user_id, Filters(f.start, f.end), eng=eng)),
+                     eng=eng)
+
+
+def with_urls(user_id: str, pairs: pd.DataFrame, *, eng: Engine | None = None) -> pd.DataFrame:
+    """(endpoint, model, calls) pairs with the provider and URL of one of their rows each."""
+    one = (select(c.provider, c.base_url)
+           .where(c.user_id == user_id, c.endpoint == bindparam("e"), c.model == bindparam("m"))
+           .limit(1))
+    rows = []
     with (eng or store.engine()).connect() as conn:
-        found = conn.execute(query).all()
-    return pd.DataFrame(found, columns=list(FACET_COLUMNS))
+        for endpoint, model, n in pairs[["endpoint", "model", "calls"]].itertuples(index=False):
+            provider, base_url = conn.execute(one, {"e": endpoint, "m": model}).one()
+            rows.append((endpoint, model, provider, base_url, n))
+    return pd.DataFrame(rows, columns=list(FACET_COLUMNS))
+
+
+def narrowed(user_id: str, f: Filters, ranged: pd.DataFrame, *,
+             eng: Engine | None = None) -> pd.DataFrame:
+    """The hourly buckets of `f`, from those of its time range when that is enough."""
+    if f.sources or f.statuses:
+        return hourly(user_id, f, eng=eng)
+    keep = pd.Series(True, index=ranged.index)
+    if f.endpoints:
+        keep &= ranged["endpoint"].isin(f.endpoints)
+    if f.models:
+        keep &= ranged["model"].isin(f.models)
+    return ranged[keep].reset_index(drop=True)
+
+
+def has_calls(user_id: str, *, eng: Engine | None = None) -> bool:
+    """Whether the user's log holds any call (one indexed lookup)."""
+    with (eng or store.engine()).connect() as conn:
+        return conn.execute(select(c.id).where(c.user_id == user_id).limit(1)).first() \
+            is not None
 
 
 def facets_of(hours: pd.DataFrame) -> pd.DataFrame:
-    """The facets read off hourly buckets (when no endpoint/model/page/status is chosen)."""
+    """The (endpoint, model) pairs and their calls read off hourly buckets."""
     if hours.empty:
-        return pd.DataFrame(columns=list(FACET_COLUMNS))
-    return (hours.groupby(["endpoint", "model"], as_index=False)
-            .agg(provider=("provider", "first"), base_url=("base_url", "first"),
-                 calls=("calls", "sum")))
+        return pd.DataFrame(columns=["endpoint", "model", "calls"])
+    return hours.groupby(["endpoint", "model"], as_index=False).agg(calls=("calls", "sum"))
 
 
 def has_facet_choice(f: Filters) -> bool:
@@ -161,28 +206,151 @@ def _hour(eng: Engine) -> Any:
 
 
 FACET_COLUMNS = ("endpoint", "model", "provider", "base_url", "calls")
-HOURLY_COLUMNS = ("hour", "endpoint", "model", "provider", "base_url", "calls", "input",
-                  "cached", "output", "reasoning", "cost", "priced", "errors")
-NUMBERS = HOURLY_COLUMNS[5:]
+HOURLY_COLUMNS = ("hour", "endpoint", "model", "calls", "input", "cached", "output",
+                  "reasoning", "cost", "priced", "errors")
+NUMBERS = HOURLY_COLUMNS[3:]
 
 
-def hourly(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
-    """Calls, tokens, cost and errors per UTC hour, endpoint and model: one GROUP BY."""
-    eng = eng or store.engine()
+def _hourly_raw(user_id: str, f: Filters, eng: Engine, *, only: Any = None) -> pd.DataFrame:
     hour = _hour(eng).label("hour")
-    query = (select(hour, c.endpoint, c.model, func.min(c.provider), func.min(c.base_url),
-                    func.count(), func.sum(c.input_tokens),
+    # Only columns of the covering index ix_calls_user_rollup: the table itself is not read.
+    query = (select(hour, c.endpoint, c.model, func.count(), func.sum(c.input_tokens),
                     func.sum(c.cached_input_tokens), func.sum(c.output_tokens),
                     func.sum(c.reasoning_tokens), func.sum(c.cost_usd), func.count(c.cost_usd),
                     func.sum(case((c.status == "error", 1), else_=0)))
-             .where(_where(user_id, f)).group_by(hour, c.endpoint, c.model))
+             .where(_where(user_id, f) if only is None else and_(*_range(user_id, f), only))
+             .group_by(hour, c.endpoint, c.model))
     with eng.connect() as conn:
-        found = conn.execute(query).all()
-    frame = pd.DataFrame(found, columns=list(HOURLY_COLUMNS))
-    frame["hour"] = pd.to_datetime(frame["hour"], format="%Y-%m-%d %H", utc=True)
+        # Plain tuples: pandas inspects each SQLAlchemy Row one by one (0.6 s for 50,000).
+        return pd.DataFrame(list(map(tuple, conn.execute(query))), columns=list(HOURLY_COLUMNS))
+
+
+def _range(user_id: str, f: Filters) -> list[Any]:
+    conditions = [c.user_id == user_id]
+    if f.start is not None:
+        conditions.append(c.started_at >= f.start)
+    if f.end is not None:
+        conditions.append(c.started_at < f.end)
+    for column, chosen in ((c.endpoint, f.endpoints), (c.model, f.models)):
+        if chosen:
+            conditions.append(column.in_(chosen))
+    return conditions
+
+
+# Hours are rolled up once they are this far in the past (a call's row settles within the
+# heartbeat's staleness, see core.metering.STALE_AFTER_S).
+SETTLE = timedelta(minutes=62)
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def roll_up(user_id: str, *, eng: Engine | None = None, now: datetime | None = None) -> datetime:
+    """Add the user's newly settled hours to `calls_hourly`; returns the instant rolled up to.
+
+    An hour is settled when it is over by SETTLE and no call of the user that started in it or
+    later is still running. Each page draw adds the hours since the last one (one small
+    GROUP BY); the first draw over an old log does them all once. Re-pricing forgets the
+    rollup (store.forget_rollup), votes are applied at read time (hidden rows subtracted).
+    """
+    eng = eng or store.engine()
+    h, r = store.calls_hourly, store.calls_rolled
+    until = _floor_hour((now or datetime.now(UTC)) - SETTLE)
+    with eng.begin() as conn:
+        running = conn.execute(select(func.min(c.started_at)).where(
+            c.user_id == user_id, c.status == "running")).scalar()
+        if running is not None:
+            until = min(until, _floor_hour(_utc(running).to_pydatetime()))
+        done = conn.execute(select(r.c.until).where(r.c.user_id == user_id)).scalar()
+        done = None if done is None else _utc(done).to_pydatetime()
+        if done is not None and done >= until:
+            return done
+        hour = _hour(eng)
+        rows = (select(c.user_id, hour, c.endpoint, c.model, func.count(),
+                       func.coalesce(func.sum(c.input_tokens), 0),
+                       func.coalesce(func.sum(c.cached_input_tokens), 0),
+                       func.coalesce(func.sum(c.output_tokens), 0),
+                       func.coalesce(func.sum(c.reasoning_tokens), 0),
+                       func.coalesce(func.sum(c.cost_usd), 0), func.count(c.cost_usd),
+                       func.sum(case((c.status == "error", 1), else_=0)))
+                .where(c.user_id == user_id, c.started_at < until,
+                       *([] if done is None else [c.started_at >= done]))
+                .group_by(c.user_id, hour, c.endpoint, c.model))
+        conn.execute(h.insert().from_select(
+            ["user_id", "hour", "endpoint", "model", "calls", "input", "cached", "output",
+             "reasoning", "cost", "priced", "errors"], rows))
+        if done is None:
+            conn.execute(r.insert().values(user_id=user_id, until=until))
+        else:
+            conn.execute(r.update().where(r.c.user_id == user_id).values(until=until))
+    return until
+
+
+def _whole_hours(f: Filters) -> bool:
+    return all(t is None or (t.minute, t.second, t.microsecond) == (0, 0, 0)
+               for t in (f.start, f.end))
+
+
+def _hour_text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H")
+
+
+def hourly(user_id: str, f: Filters, *, eng: Engine | None = None) -> pd.DataFrame:
+    """Calls, tokens, cost and errors per UTC hour, endpoint and model.
+
+    Settled hours come from the rollup table, the last hour or so from the log itself, and
+    rows still hidden (blind comparisons without a vote) are taken off. A choice of page or
+    status, or a range not cut on whole UTC hours (India's midnight), asks the log directly.
+    """
+    eng = eng or store.engine()
+    until = None
+    if not (f.sources or f.statuses or not _whole_hours(f)):
+        try:
+            until = roll_up(user_id, eng=eng)
+        except (OperationalError, IntegrityError):
+            # Locked by another writer, or another tab rolled the same hours at once: this
+            # draw asks the log directly, the next one uses the rollup.
+            log.warning("hourly rollup skipped for this draw", exc_info=True)
+    if until is None:
+        frame = _hourly_raw(user_id, f, eng)
+    else:
+        h = store.calls_hourly.c
+        cond = [h.user_id == user_id]
+        if f.start is not None:
+            cond.append(h.hour >= _hour_text(f.start))
+        rolled_end = until if f.end is None else min(until, f.end)
+        cond.append(h.hour < _hour_text(rolled_end))
+        for column, chosen in ((h.endpoint, f.endpoints), (h.model, f.models)):
+            if chosen:
+                cond.append(column.in_(chosen))
+        with eng.connect() as conn:
+            rolled = pd.DataFrame(list(map(tuple, conn.execute(
+                select(h.hour, h.endpoint, h.model, h.calls, h.input, h.cached, h.output,
+                       h.reasoning, h.cost, h.priced, h.errors).where(*cond)))),
+                columns=list(HOURLY_COLUMNS))
+        start = until if f.start is None else max(until, f.start)
+        recent = (_hourly_raw(user_id, Filters(start, f.end, f.endpoints, f.models), eng)
+                  if f.end is None or start < f.end else rolled.iloc[:0])
+        # Hidden rows are in the rollup: their sums come off (a few rows, by id).
+        before = Filters(f.start, rolled_end, f.endpoints, f.models)
+        with eng.connect() as conn:  # usually none: then the log is not read at all
+            ids = conn.execute(hidden_calls(user_id)).scalars().all()
+        hidden = (_hourly_raw(user_id, before, eng, only=c.id.in_(ids)) if ids
+                  else rolled.iloc[:0])
+        parts = [p for p in (rolled, recent) if not p.empty]
+        if not hidden.empty:
+            hidden[list(NUMBERS)] = -hidden[list(NUMBERS)].apply(pd.to_numeric).fillna(0)
+            parts.append(hidden)
+        frame = (pd.concat(parts, ignore_index=True) if parts
+                 else pd.DataFrame(columns=list(HOURLY_COLUMNS)))
     frame["cost"] = pd.to_numeric(frame["cost"]).fillna(0.0).astype(float)
     for name in ("calls", "input", "cached", "output", "reasoning", "priced", "errors"):
         frame[name] = pd.to_numeric(frame[name]).fillna(0).astype("int64")
+    if len(frame):
+        frame = frame.groupby(["hour", "endpoint", "model"], as_index=False)[list(NUMBERS)].sum()
+        frame = frame[frame["calls"] > 0].reset_index(drop=True)
+    frame["hour"] = pd.to_datetime(frame["hour"], format="%Y-%m-%d %H", utc=True)
     return frame
 
 
@@ -281,11 +449,14 @@ def ledger(user_id: str, f: Filters, tz: ZoneInfo, *, sort: str = "time",
     # NULLs (unknown cost, no first token) last in both directions, the id breaks ties. The
     # time column has none, and leaving the test out lets the index do the sorting.
     keys = [order, c.id.desc()] if column is c.started_at else [column.is_(None), order, c.id]
-    query = (select(*LEDGER_COLUMNS).where(_where(user_id, f)).order_by(*keys)
-             .limit(page_size).offset(max(page - 1, 0) * page_size))
+    # The page's ids are chosen on the covering index, then only their rows are read.
+    ids = (select(c.id).where(_where(user_id, f)).order_by(*keys)
+           .limit(page_size).offset(max(page - 1, 0) * page_size))
     with (eng or store.engine()).connect() as conn:
-        found = conn.execute(query).all()
-    return _frame(found, tz)
+        chosen = conn.execute(ids).scalars().all()
+        found = {r.id: r for r in conn.execute(select(*LEDGER_COLUMNS)
+                                               .where(c.id.in_(chosen)))} if chosen else {}
+    return _frame([found[i] for i in chosen if i in found], tz)
 
 
 def dearest(user_id: str, f: Filters, tz: ZoneInfo, n: int = 10, *,
@@ -328,3 +499,47 @@ def export_parquet(user_id: str, f: Filters, tz: ZoneInfo, *,
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+PRICE_COLUMNS = ("endpoint", "model", "input", "cached_input", "output", "currency", "source")
+
+
+def prices_in_force(user_id: str, seen: pd.DataFrame, configured: dict[str, Any], *,
+                    eng: Engine | None = None) -> pd.DataFrame:
+    """The price a new call of each (endpoint, model) seen would be charged, per 1M tokens.
+
+    `seen` has the facets' columns (endpoint, model, provider, base_url); `configured` maps
+    endpoint names to the configured Endpoint (a row's own URL stands in for one removed since).
+    Prices are strings as a user types them; a model without a price has empty prices and the
+    source "none".
+    """
+    rows = []
+    for r in seen.drop_duplicates(["endpoint", "model"]).itertuples():
+        endpoint = pricing.endpoint_from_log(r.endpoint, r.provider, r.base_url, configured)
+        price, source = pricing.price_in_force(endpoint, r.model, user_id=user_id, eng=eng)
+
+        def text(value: Any) -> str:
+            return "" if value is None else f"{value.normalize():f}"
+
+        rows.append((r.endpoint, r.model, text(price and price.input),
+                     text(price and price.cached_input), text(price and price.output),
+                     price.currency if price else "USD", source))
+    return pd.DataFrame(rows, columns=list(PRICE_COLUMNS)).sort_values(
+        ["endpoint", "model"], ignore_index=True)
+
+
+def changed_prices(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[str, str, Any]]:
+    """The rows a user edited, checked: [(endpoint, model, Price)]; PriceError on a bad one.
+
+    All rows are checked before any is returned, so one bad cell saves nothing.
+    """
+    found = []
+    keys = ["input", "cached_input", "output", "currency"]
+    for (_, old), (_, new) in zip(before.iterrows(), after.iterrows(), strict=True):
+        if [str(old[k] or "") for k in keys] == [str(new[k] if new[k] is not None else "")
+                                                 for k in keys]:
+            continue
+        found.append((new["endpoint"], new["model"],
+                      pricing.parse_price(new["input"], new["cached_input"], new["output"],
+                                          new["currency"])))
+    return found

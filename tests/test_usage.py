@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, select
 
 from core import budget, pricing, store, usage
 from core.config import make_endpoint
@@ -203,3 +203,127 @@ def test_a_call_with_no_usage_is_counted_and_estimated(db):
     assert (totals.calls, totals.errors, totals.unpriced) == (1, 1, 1)
     page = usage.ledger("ana", usage.Filters(), usage.zone(None), eng=db)
     assert page["tokens_per_s"].isna().all()
+
+
+def test_the_hard_stop_refuses_a_call_before_it_goes_out(db):
+    budget.set_budget("ana", "1", "USD", hard_stop=True, eng=db)
+    add(db, cost=Decimal("1.5"))
+    with FakeOpenAIServer(api_key=API_KEY, tokens=5) as server:
+        endpoint = make_endpoint("gw", "custom", base_url=server.url, api_key=API_KEY)
+        call = Call(endpoint, "gpt-4o-mini", [Message("user", "hi")], user_id="ana",
+                    source="compare", eng=db).run_sync(10)
+        assert server.requests == []  # nothing went out
+        other = Call(endpoint, "gpt-4o-mini", [Message("user", "hi")], user_id="bo",
+                     eng=db).run_sync(10)
+    assert call.status == "error" and call.error.kind == "budget"
+    assert call.error.hint == "error.budget" and call.text == ""
+    from core.i18n import t
+    assert "Usage page" in t(call.error.hint, **call.error.context)
+    with db.connect() as conn:
+        rows = conn.execute(store.calls.select().where(store.calls.c.user_id == "ana",
+                                                       store.calls.c.source == "compare")).all()
+    assert [(r.status, r.error_kind, r.cost_usd) for r in rows] == [("error", "budget", 0)]
+    assert other.status == "ok"  # bo has no budget
+
+
+def test_the_hard_stop_refuses_a_call_when_the_database_is_unreachable(tmp_path: Path):
+    path = tmp_path / "c.sqlite3"
+    eng = store.engine(f"sqlite:///{path}")
+    budget.set_budget("ana", "10", hard_stop=True, eng=eng)
+    budget.enforce("ana", eng=eng)
+    eng.dispose()
+    path.unlink()
+    path.mkdir()
+    with FakeOpenAIServer(api_key=API_KEY, tokens=5) as server:
+        endpoint = make_endpoint("gw", "custom", base_url=server.url, api_key=API_KEY)
+        call = Call(endpoint, "gpt-4o-mini", [Message("user", "hi")], user_id="ana",
+                    eng=eng).run_sync(10)
+        assert server.requests == []
+    assert call.status == "error" and call.error.hint == "error.budget_unavailable"
+
+
+def test_a_blind_comparison_stays_out_of_the_ledger_until_its_vote(db):
+    from core import compare
+    add(db, model="seen")
+    cid = compare.create("ana", blind=True, pool=[("OpenAI", "a"), ("OpenAI", "b")],
+                         n_panes=2, eng=db)
+    turn = compare.start_turn("ana", cid, "hi", eng=db)
+    for position, model in enumerate(("a", "b")):
+        add(db, model=model, source="compare", comparison_id=cid, cost=Decimal("0.5"))
+        with db.connect() as conn:
+            row_id = conn.execute(select(func.max(store.calls.c.id))).scalar_one()
+        compare.save_answer(cid, turn, position, text="x", status="ok", call_id=row_id, eng=db)
+    assert len(compare.hidden_call_ids("ana", eng=db)) == 2
+    every = usage.Filters()
+    tz = usage.zone(None)
+
+    def shown() -> tuple:
+        totals = usage.totals(usage.hourly("ana", every, eng=db))
+        csv = usage.export_csv("ana", every, tz, eng=db).decode("utf-8-sig")
+        return (set(usage.ledger("ana", every, tz, eng=db)["model"]), totals.calls,
+                round(totals.cost_usd, 2), usage.count("ana", every, eng=db),
+                set(usage.facets("ana", every, eng=db)["model"]),
+                len(csv.strip().splitlines()) - 1)
+
+    assert shown() == ({"seen"}, 1, 0.01, 1, {"seen"}, 1)
+    compare.vote("ana", cid, turn, "tie", eng=db)
+    assert shown() == ({"seen", "a", "b"}, 3, 1.01, 3, {"seen", "a", "b"}, 3)
+
+
+def test_the_hourly_rollup_matches_the_log_and_follows_votes_and_repricing(db):
+    from core import compare
+    now = datetime.now(UTC)
+    for hours_ago in (0, 1, 3, 30, 300):
+        add(db, at=now - timedelta(hours=hours_ago, minutes=5), cost=Decimal("0.01"))
+    add(db, at=now - timedelta(hours=5), model="m2", cost=None)
+    cid = compare.create("ana", blind=True, pool=[("OpenAI", "a"), ("OpenAI", "b")],
+                         n_panes=2, eng=db)
+    turn = compare.start_turn("ana", cid, "hi", eng=db)
+    add(db, at=now - timedelta(hours=4), model="a", comparison_id=cid, cost=Decimal("1"))
+    with db.connect() as conn:
+        row_id = conn.execute(select(func.max(store.calls.c.id))).scalar_one()
+    compare.save_answer(cid, turn, 0, text="x", status="ok", call_id=row_id, eng=db)
+    compare.save_answer(cid, turn, 1, text="", status="error", eng=db)
+    every = usage.Filters()
+    raw = usage._hourly_raw("ana", every, db)
+    for _ in range(2):  # the first builds the rollup, the second reads it
+        rolled = usage.hourly("ana", every, eng=db)
+        assert usage.totals(rolled) == usage.totals(usage.hourly(
+            "ana", usage.Filters(sources=("chat",)), eng=db))  # the log asked directly
+        assert (usage.totals(rolled).calls, round(usage.totals(rolled).cost_usd, 2)) == (6, 0.05)
+        assert len(rolled) == len(raw)
+    with db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(store.calls_hourly)).scalar() >= 4
+    compare.vote("ana", cid, turn, "win", winner=0, eng=db)
+    assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 2) == 1.05
+    pricing.reprice("ana", "*", "m2", pricing.Price(Decimal(1), Decimal(1)))
+    assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 4) == 1.0501
+
+
+def test_a_rollup_that_cannot_be_written_falls_back_to_the_log(db):
+    import sqlite3
+    import threading
+    import time
+    add(db, at=datetime.now(UTC) - timedelta(hours=5), cost=Decimal("0.5"))
+    locked, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        conn = sqlite3.connect(db.url.database, timeout=1)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(30)
+        conn.commit()
+        conn.close()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    assert locked.wait(5)
+    try:
+        began = time.monotonic()
+        totals = usage.totals(usage.hourly("ana", usage.Filters(), eng=db))
+        assert (totals.calls, totals.cost_usd) == (1, 0.5)
+        assert time.monotonic() - began < 25
+    finally:
+        release.set()
+        thread.join(10)
+    assert usage.totals(usage.hourly("ana", usage.Filters(), eng=db)).calls == 1

@@ -5,8 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import budget, pricing
+from tests.conftest import API_KEY, call_rows
+from tests.test_app import app
 from tests.test_usage import add
 
 
@@ -32,3 +36,98 @@ def test_a_seeded_ledger_shows_totals_rows_and_unpriced_calls(db):
     assert set(shown["model"]) == {"gpt-4o-mini", 'odd/"模型"'}
     at.multiselect(key="usage_models").select('odd/"模型"').run()
     assert list(at.dataframe[0].value["model"]) == ['odd/"模型"']
+
+
+@pytest.mark.parametrize("script", ["app_pages/chat.py", "app_pages/compare.py"])
+def test_chat_and_compare_warn_at_80_and_stop_at_100_percent(db, script):
+    at = app()
+    at.run()
+    at.switch_page(script).run()
+    assert not at.exception and not at.warning and not at.error
+    budget.set_budget("local", "1", "USD", hard_stop=True, eng=db)
+    add(db, user="local", cost=Decimal("0.85"))
+    at.run()
+    assert "85% of this month's budget used" in at.warning[0].value
+    add(db, user="local", cost=Decimal("0.30"))
+    at.run()
+    assert "This month's budget is spent: 1.15 of 1.00 USD." in at.error[0].value
+
+
+QWEN = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+
+
+def seeded_prices(db) -> AppTest:
+    add(db, user="local", cost=Decimal("0.01"))
+    add(db, user="local", model="qwen-odd", endpoint="Qwen", base_url=QWEN, cost=None,
+        input_tokens=1_000_000, output_tokens=0)
+    at = page().run()
+    assert not at.exception
+    return at
+
+
+def edit_prices(at: AppTest, row: dict, rate: str | None = None) -> AppTest:
+    at.session_state["usage_prices_editor"] = {"edited_rows": {1: row}, "added_rows": [],
+                                               "deleted_rows": []}
+    if rate is not None:
+        at.text_input(key="usage_rate").set_value(rate)
+    return at.button(key="usage_prices_save").click().run()
+
+
+def test_prices_in_force_are_listed_with_their_source_and_unknown_stays_empty(db):
+    at = seeded_prices(db)
+    table = at.data_editor(key="usage_prices_editor").value
+    assert list(table["model"]) == ["gpt-4o-mini", "qwen-odd"]
+    assert list(table.iloc[0][["input", "cached_input", "output", "currency", "source"]]) == [
+        "0.15", "0.075", "0.6", "USD", "catalog"]
+    assert list(table.iloc[1][["input", "output", "source"]]) == ["", "", "no price"]
+    assert any("No price known for: qwen-odd" in w.value for w in at.warning)
+    ledger = at.dataframe[0].value
+    assert ledger[ledger["model"] == "qwen-odd"]["cost_usd"].isna().all()
+
+
+def test_a_price_set_in_place_reprices_past_calls_only_on_request(db):
+    at = edit_prices(seeded_prices(db), {"input": "2", "output": "6", "currency": "CNY"},
+                     rate="8")
+    assert not at.exception and not at.error
+    assert pricing.user_price("local", "Qwen", "qwen-odd") == pricing.Price(
+        Decimal(2), Decimal(6), None, "CNY")
+    assert pricing.cny_per_usd("local") == Decimal(8)
+    assert "Cost of 1 calls; 1 without a price." in at.caption[0].value  # past calls kept
+    assert at.data_editor(key="usage_prices_editor").value.iloc[1]["source"] == "yours"
+    assert "1 prices saved." in at.success[0].value
+    at.button(key="usage_reprice").click().run()
+    assert "1 past calls re-priced." in at.success[0].value
+    assert "Cost of 2 calls; 0 without a price." in at.caption[0].value  # 2 CNY / 8 = $0.25
+    assert "$0.2600" in [m.value for m in at.metric]
+
+
+@pytest.mark.parametrize(("row", "rate", "said"), [
+    ({"input": "-1", "output": "6"}, None, "A price cannot be negative (input)."),
+    ({"input": "two", "output": "6"}, None, "“two” is not a number (input)."),
+    ({"input": "2", "output": "99999999"}, None, "The output price is above 10,000"),
+    ({"input": "2", "output": "6"}, "0", "The conversion rate must be above 0."),
+])
+def test_bad_prices_get_a_sentence_and_nothing_is_saved(db, row, rate, said):
+    at = edit_prices(seeded_prices(db), row, rate)
+    assert not at.exception
+    assert said in at.error[0].value and "Nothing was saved." in at.error[0].value
+    assert pricing.user_price("local", "Qwen", "qwen-odd") is None
+    assert pricing.cny_per_usd("local") == pricing.DEFAULT_CNY_PER_USD
+
+
+def test_the_chat_shows_what_to_do_when_the_hard_stop_refuses_a_call(db, openai_server):
+    budget.set_budget("local", "1", "USD", hard_stop=True, eng=db)
+    add(db, user="local", cost=Decimal("2"))
+    at = app()
+    at.secrets["endpoints"] = [{"name": "Solo", "base_url": openai_server.url,
+                                "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
+    at.run()
+    sent = len(openai_server.requests)
+    at.chat_input[0].set_value("over budget?").run()
+    assert not at.exception
+    said = [e.value for e in at.error]
+    assert any("Raise the budget, or turn off the hard stop, on the Usage page" in s
+               for s in said), said
+    assert len(openai_server.requests) == sent  # nothing went out
+    rows = [r for r in call_rows(db) if r["error_kind"] == "budget"]
+    assert [(r["status"], r["source"]) for r in rows] == [("error", "chat")]

@@ -66,6 +66,7 @@ class ErrorKind(StrEnum):
     SERVER = "server"
     BAD_REQUEST = "bad_request"
     CONTENT_FILTER = "content_filter"
+    BUDGET = "budget"  # refused before it went out: the monthly budget's hard stop
 
 
 class ProviderError(Exception):
