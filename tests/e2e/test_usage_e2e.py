@@ -57,7 +57,7 @@ def test_two_chat_calls_show_up_filter_and_export(app, browser):
         assert cells in shown, shown
         cost = shown.split(cells, 1)[1].split(" | ", 1)[0]
         assert float(cost) == pytest.approx(float(r["cost_usd"]))
-    screenshot(page, "usage.png")  # docs/usage.png is copied from here by hand, never by a test
+    screenshot(page, "usage.png")  # the README image; `python dev.py screenshots` copies it
 
     box = page.locator("[class*='st-key-usage_models']").get_by_test_id("stMultiSelect")
     box.click()
