@@ -265,6 +265,18 @@ def messages_for(comp: Comparison, position: int, turn: int) -> list[Message]:
     return messages
 
 
+def pane_thread(comp: Comparison, position: int) -> list[Message]:
+    """Pane `position`'s whole thread so far, its system prompt first: what goes on in chat."""
+    if not comp.turns:
+        return []
+    last = comp.turns[-1]
+    messages = messages_for(comp, position, last.turn)
+    answer = next((a for a in last.answers if a.position == position), None)
+    if answer is not None and answer.text:
+        messages.append(Message("assistant", answer.text))
+    return messages
+
+
 def public_panes(comp: Comparison) -> list[dict[str, Any]]:
     """What the page may show for each pane: in blind mode before the vote, only its letter.
 

@@ -161,3 +161,22 @@ def test_a_failed_pane_is_never_highlighted_as_the_best():
     df.attrs["finished"] = ["A · gpt-4o-mini"]
     rules = styled_numbers(df).to_html().split("</style>")[0]  # the highlighted cells' CSS
     assert "row0_col" in rules and "row1_col" not in rules
+
+
+def test_a_pane_goes_on_in_chat_as_a_new_conversation_with_its_thread(db, fake_openai):
+    from core import conversations
+
+    at = compare_page(app().run())
+    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
+    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
+    at.chat_input[0].set_value("Carry me over").run()
+    [go_on] = [b for b in at.button if b.key and b.key.startswith("cmp_continue_")
+               and b.key.endswith("_1")]
+    go_on.click().run()
+    assert not at.exception, at.exception
+    [summary] = conversations.list_conversations("local")
+    thread = conversations.path("local", summary.id)
+    assert [m.role for m in thread] == ["user", "assistant"]
+    assert thread[0].text == "Carry me over" and thread[1].text.startswith("Echo: Carry me over")
+    assert summary.model == "gpt-4o"
+    assert summary.id in str(at.query_params.get("c"))  # the chat page opened it

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from core import compare, rating, store
+from core import compare, conversations, rating, store
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
@@ -222,6 +222,23 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
             vote_buttons(user, comp, turn)
         elif turn.vote is not None:
             st.caption(f"{t('compare.voted')} {vote_label(turn.vote)}")
+    if comp.turns and comp.revealed and all(a.status != "running"
+                                            for a in comp.turns[-1].answers):
+        continue_buttons(user, comp)
+
+
+def continue_buttons(user: str, comp: compare.Comparison) -> None:
+    """Under the last turn: carry on with one pane's thread as a new chat conversation."""
+    cols = st.columns(len(comp.panes))
+    for col, pane in zip(cols, comp.panes, strict=True):
+        if col.button(t("compare.continue_in_chat", pane=compare.pane_label(pane.position)),
+                      key=f"cmp_continue_{comp.id}_{pane.position}",
+                      icon=":material/forum:", width="stretch"):
+            system, params = compare.pane_settings(comp, pane.position)
+            cid, _ = conversations.continue_in_chat(
+                user, endpoint=pane.endpoint, model=pane.model,
+                thread=compare.pane_thread(comp, pane.position), system=system, params=params)
+            st.switch_page("app_pages/chat.py", query_params={"c": cid})
 
 
 def show_leaderboard(user: str) -> None:
