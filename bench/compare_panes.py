@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ import openai  # noqa: E402
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 
+from bench.stream_overhead import server_process  # noqa: E402
 from core.config import PRESETS  # noqa: E402
 from tests.fakes.common import reply_tokens  # noqa: E402
 
@@ -102,21 +102,8 @@ def fake_server(server: Server) -> Iterator[str]:
             "--api-key", API_KEY, "--quiet"]
     if server.first_token_s:
         args += ["--fault", "slow", "--slow-first-token", str(server.first_token_s)]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.openai_server", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = None
-        for line in proc.stdout:
-            found = re.search(r" on (http://\S+)", line)
-            if found:
-                url = found.group(1)
-                break
-        if url is None:
-            raise RuntimeError(f"fake server {server.name} exited ({proc.wait()})")
+    with server_process("tests.fakes.openai_server", args) as url:
         yield url
-    finally:
-        _end(proc)
 
 
 def _end(proc: subprocess.Popen) -> None:

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.stream_overhead import API_KEY, _server_process  # noqa: E402
+from bench.stream_overhead import API_KEY, server_process  # noqa: E402
 from core import metering, store  # noqa: E402
 from core.config import make_endpoint  # noqa: E402
 from core.metering import Call  # noqa: E402
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         store.engine()  # one process creates the tables, as the app's migration step would
         share = [args.calls // args.processes + (i < args.calls % args.processes)
                  for i in range(args.processes)]
-        with _server_process("tests.fakes.openai_server",
+        with server_process("tests.fakes.openai_server",
                              ["--port", "0", "--tokens", "200", "--rate", "100", "--quiet",
                               "--api-key", API_KEY]) as url:
             started = time.perf_counter()

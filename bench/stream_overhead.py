@@ -100,14 +100,14 @@ def servers(tokens: int) -> Iterator[tuple[str, str]]:
     """
     common = ["--port", "0", "--tokens", str(tokens), "--rate", "0", "--quiet"]
     with (
-        _server_process("tests.fakes.openai_server", [*common, "--api-key", API_KEY]) as oa_url,
-        _server_process("tests.fakes.ollama_server", common) as ol_url,
+        server_process("tests.fakes.openai_server", [*common, "--api-key", API_KEY]) as oa_url,
+        server_process("tests.fakes.ollama_server", common) as ol_url,
     ):
         yield oa_url, ol_url
 
 
 @contextlib.contextmanager
-def _server_process(module: str, args: list[str]) -> Iterator[str]:
+def server_process(module: str, args: list[str]) -> Iterator[str]:
     """One fake server as `python -m module`; yields the URL its banner prints."""
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
