@@ -43,10 +43,12 @@ with ledger_tab:
                      limit=f"{usage.EXPORT_LIMIT:,}"), icon=":material/filter_alt:")
     else:
         a, b, _ = st.columns([1, 1, 3])
+        # No rerun on click: a rerun re-registers the deferred file while the browser
+        # fetches it, and under load the download was lost.
         a.download_button(t("usage.csv"), lambda: usage.export_csv(user, chosen, tz),
-                          "owngpt-usage.csv", "text/csv", key="usage_csv")
+                          "owngpt-usage.csv", "text/csv", key="usage_csv", on_click="ignore")
         b.download_button(t("usage.parquet"), lambda: usage.export_parquet(user, chosen, tz),
-                          "owngpt-usage.parquet", key="usage_parquet")
+                          "owngpt-usage.parquet", key="usage_parquet", on_click="ignore")
 with charts_tab:
     st.altair_chart(usage_ui.cost_chart(usage.daily(hours, tz)), width="stretch")
     if not totals.by_model.empty:
