@@ -185,8 +185,13 @@ def vote_label(vote: dict) -> str:
 
 def show_comparison(user: str, comp: compare.Comparison) -> None:
     """Every turn: the prompt, the panes' answers (live for the running turn), numbers, vote."""
-    panes = compare.public_panes(comp)
     live = st.session_state.get(RUN_KEY)
+    if (live and live[0] == comp.id and live[2].finished
+            and any(a.status == "running" for turn in comp.turns for a in turn.answers)):
+        # The run ended (and saved its answers) after `comp` was read: read it again, or the
+        # page would draw answers still "running" and offer no vote.
+        comp = compare.load(user, comp.id)
+    panes = compare.public_panes(comp)
     for turn in comp.turns:
         with st.chat_message("user"):
             st.markdown(turn.prompt)
