@@ -24,11 +24,16 @@ def compare_page(at):
     return at
 
 
-def test_two_panes_answer_show_numbers_and_a_vote_reaches_the_leaderboard(db, fake_openai):
+def two_panes(prompt: str):
+    """The compare page with gpt-4o-mini and gpt-4o side by side, after one prompt."""
     at = compare_page(app().run())
     at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
     at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
-    at.chat_input[0].set_value("Compare this").run()
+    return at.chat_input[0].set_value(prompt).run()
+
+
+def test_two_panes_answer_show_numbers_and_a_vote_reaches_the_leaderboard(db, fake_openai):
+    at = two_panes("Compare this")
     assert not at.exception, at.exception
     rows = call_rows(db)
     assert {r["model"] for r in rows} == {"gpt-4o-mini", "gpt-4o"}
@@ -105,10 +110,7 @@ def fake_ollama(monkeypatch, ollama_server):
 
 
 def test_the_history_reopens_a_past_comparison_with_its_answers_and_vote(db, fake_openai):
-    at = compare_page(app().run())
-    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
-    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
-    at.chat_input[0].set_value("Remember me").run()
+    at = two_panes("Remember me")
     at.button(key=[b.key for b in at.button if b.key and b.key.endswith("_tie_None")][0]
               ).click().run()
     assert not at.exception, at.exception
@@ -166,10 +168,7 @@ def test_a_failed_pane_is_never_highlighted_as_the_best():
 def test_a_pane_goes_on_in_chat_as_a_new_conversation_with_its_thread(db, fake_openai):
     from core import conversations
 
-    at = compare_page(app().run())
-    at.selectbox(key="cmp_model_0_OpenAI-compatible").set_value("gpt-4o-mini")
-    at.selectbox(key="cmp_model_1_OpenAI-compatible").set_value("gpt-4o")
-    at.chat_input[0].set_value("Carry me over").run()
+    at = two_panes("Carry me over")
     [go_on] = [b for b in at.button if b.key and b.key.startswith("cmp_continue_")
                and b.key.endswith("_1")]
     go_on.click().run()
