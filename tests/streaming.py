@@ -1,26 +1,11 @@
-"""What the adapter, runner and ledger tests share: waiting with a deadline, draining a reply."""
+"""What the adapter, runner and ledger tests share: draining a reply, cancelling it."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-import pytest
+from typing import Any
 
 from core import aio
-
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something true, and return it; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-    return found
+from tests.timing import WAIT_S, wait_until
 
 
 async def collect(reply: Any) -> str:
@@ -30,7 +15,7 @@ async def collect(reply: Any) -> str:
 
 def drain(reply: Any) -> str:
     """Iterate the reply to its end on the app's call loop; the text it yielded."""
-    return aio.run(collect(reply), timeout=30)
+    return aio.run(collect(reply), timeout=WAIT_S)
 
 
 def assert_cancel_drops_the_connection(server: Any, reply: Any, *, slow: bool) -> None:
@@ -43,7 +28,7 @@ def assert_cancel_drops_the_connection(server: Any, reply: Any, *, slow: bool) -
         wait_until(lambda: reply.text, what="the first token")
     future.cancel()
     # The server would wait 30 s (or stream 50 s) more had the connection stayed open.
-    assert server.wait_for_hangups(1, timeout=2.0), "the server never saw the hang-up"
+    assert server.wait_for_hangups(1, timeout=WAIT_S), "the server never saw the hang-up"
     wait_until(lambda: reply.total is not None, what="the reply to settle")
     assert reply.text == "" if slow else reply.text.startswith("Echo")
     assert not reply.complete

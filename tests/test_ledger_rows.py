@@ -24,7 +24,7 @@ from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOpenAIServer
-from tests.streaming import wait_until
+from tests.timing import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = [Message("user", "Hello, how are you today?")]

@@ -15,7 +15,7 @@ from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
-from tests.streaming import wait_until
+from tests.timing import wait_until
 
 HELLO = [Message("user", "Hello")]
 STOP_BUDGET_S = 0.3  # issue 5: Stop -> worker ended and connection closed
