@@ -29,7 +29,8 @@ if not endpoints:
 elif choice is None:
     st.info(t("chat.choose_model"), icon=":material/arrow_back:")
 elif thread is None or not thread.messages:
-    ready.caption(t("chat.empty", model=choice.model, endpoint=choice.endpoint.name))
+    ready.caption(t("chat.empty", model=ui.literal(choice.model),
+                    endpoint=ui.literal(choice.endpoint.name)))
 
 action = ui.pending_action() if choice is not None and thread is not None else None
 ui.show_thread(thread, user, endpoints, action=action)

@@ -27,7 +27,7 @@ else:
             {
                 t("settings.col_name"): e.name,
                 t("settings.col_kind"): PRESETS[e.preset].label,
-                t("settings.col_url"): e.base_url,
+                t("settings.col_url"): e.shown_url,
                 t("settings.col_key"): e.masked_key,
                 t("settings.col_source"): t(f"source.{e.source}"),
             }
@@ -38,24 +38,25 @@ else:
     )
 
 for endpoint in endpoints:
-    with st.expander(f"{endpoint.name} · {endpoint.base_url}", icon=":material/lan:"):
+    with st.expander(f"{ui.literal(endpoint.name)} · {ui.literal(endpoint.shown_url)}",
+                     icon=":material/lan:"):
         left, right = st.columns([1, 1])
         if left.button(t("settings.test"), key=f"test_{endpoint.name}",
                        icon=":material/network_check:"):
             try:
                 found = connections.check(endpoint)
             except ProviderError as err:
-                ui.show_error(err)
+                ui.show_error(err, quote=False)  # a status and a sentence, not the page
             else:
                 ui.store_models(endpoint, found.models)
                 if found.probed:
-                    st.success(t("settings.test_probe_ok", model=found.probed,
+                    st.success(t("settings.test_probe_ok", model=ui.literal(found.probed),
                                  ms=f"{found.ms:.0f}"), icon=":material/check_circle:")
                 else:
                     st.success(t("settings.test_ok", n=len(found.models), ms=f"{found.ms:.0f}"),
                                icon=":material/check_circle:")
                 if found.models:
-                    st.caption(", ".join(found.models[:50]))
+                    st.caption(", ".join(ui.literal(m) for m in found.models[:50]))
         if endpoint.source == "session" and right.button(
             t("settings.remove"), key=f"remove_{endpoint.name}", icon=":material/delete:"
         ):
@@ -72,7 +73,7 @@ for endpoint in endpoints:
                 bar = st.progress(0.0, text=t("settings.pull_start", model=name.strip()))
                 try:
                     for step in connections.pull(endpoint, name):
-                        bar.progress(step.fraction, text=step.status)
+                        bar.progress(step.fraction, text=ui.literal(step.status))
                 except ProviderError as err:
                     ui.show_error(err)
                 else:
@@ -122,10 +123,11 @@ if added:
 if added_result is not None:
     added_name, found = added_result
     if isinstance(found, ProviderError):
-        st.warning(t("settings.added_but", name=added_name), icon=":material/warning:")
-        ui.show_error(found)
+        st.warning(t("settings.added_but", name=ui.literal(added_name)), icon=":material/warning:")
+        ui.show_error(found, quote=False)
     else:
-        st.success(t("settings.added", name=added_name, n=found), icon=":material/check_circle:")
+        st.success(t("settings.added", name=ui.literal(added_name), n=found),
+                   icon=":material/check_circle:")
 
 st.subheader(t("settings.permanent"))
 st.markdown(t("settings.permanent_help"))

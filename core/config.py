@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,18 @@ Kind = Literal["openai", "azure", "ollama"]
 AZURE_API_VERSION = "2024-10-21"
 DEFAULT_HOST = "http://127.0.0.1:11434"  # where a local Ollama listens
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")  # what httpx (with socksio) speaks
+# The user:pass@ of a URL, wherever one stands in a text: up to the authority's last @.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#@]*(?:@[^/\s?#@]*)*@")
+
+
+def mask_url(text: str) -> str:
+    """A URL, or any text holding URLs, with each `user:pass@` shown as `***@`.
+
+    The one way a base URL (or a proxy's) is shown, logged or stored: Settings, error
+    sentences, log lines and the call log's row all go through it; requests still use the
+    URL as configured.
+    """
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,11 @@ class Endpoint:
         if not self.api_key:
             return "—"
         return f"{self.api_key[:3]}…{self.api_key[-4:]}" if len(self.api_key) > 12 else "***"
+
+    @property
+    def shown_url(self) -> str:
+        """The base URL as it may be shown, logged or stored: without `user:pass@`."""
+        return mask_url(self.base_url)
 
     @property
     def is_local(self) -> bool:

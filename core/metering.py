@@ -298,7 +298,7 @@ class Call:
             "source": self.source,
             "endpoint": self.endpoint.name,
             "provider": self.endpoint.kind,
-            "base_url": self.endpoint.base_url,
+            "base_url": self.endpoint.shown_url,  # never a user:pass@
             "model": self.model,
             "status": "running",
             "input_tokens": estimate.input_tokens,
@@ -355,7 +355,7 @@ def _identity(call: Call) -> dict[str, Any]:
     return {
         "user_id": call.user_id, "started_at": call.started_at, "source": call.source,
         "endpoint": call.endpoint.name, "provider": call.endpoint.kind,
-        "base_url": call.endpoint.base_url, "model": call.model,
+        "base_url": call.endpoint.shown_url, "model": call.model,
         "conversation_id": call.conversation_id, "comparison_id": call.comparison_id,
     }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core.i18n import LANGUAGES, catalog, language_from_locale, set_language, t
 from core.providers.base import ErrorKind
+from core.ui.errors import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
@@ -15,6 +16,7 @@ KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 # values it can take. A new built key fails the test below until its values are listed here.
 BUILT = {
     "error.": tuple(kind.value for kind in ErrorKind),
+    "error.what.": KINDS,  # core.ui.errors.neutral: a blind pane's failure in neutral words
     "source.": ("env", "secrets", "session", "auto"),  # Endpoint.source
     "db.": ("unwritable", "bad_url", "unreachable"),  # store.problem()
     "compare.refused.": ("already_voted", "all_failed", "still_running", "winner_failed",

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from core.config import mask_url
 from core.tokens import estimate_messages, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,15 @@ class ErrorKind(StrEnum):
 
 
 class ProviderError(Exception):
-    """A failed call: its kind, the catalog key of what to do about it, the server's words.
+    """A failed call, as data: its kind, the catalog key of what to do about it, the server's
+    words. The sentence is built where it is shown (`core.ui.errors`), for its reader: a blind
+    comparison shows only the kind.
 
     `hint` names an entry of the i18n catalog (default `error.<kind>`); `context` fills its
-    placeholders. `detail` is the server's own message with any key redacted. `http_status`
-    and `request_id` are the server's, when it gave them (shown under the sentence, kept in
-    the call's row).
+    placeholders (model, url, retry_after). `detail` is the server's own message, only ever
+    the message of an API's JSON error (see `server_words`), clipped, with any key redacted;
+    never the body of whatever page an address returned. `http_status` and `request_id` are
+    the server's, when it gave them (shown under the sentence, kept in the call's row).
     """
 
     def __init__(
@@ -337,14 +341,36 @@ def looks_like_chat(model_id: str) -> bool:
 
 
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
+DETAIL_CHARS = 300  # the server's words shown under a sentence, at most
 
 
 def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
-    """Text with the given secrets and anything shaped like an API key blanked out."""
+    """Text with the given secrets, anything shaped like an API key and any `user:pass@` of
+    a URL blanked out."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return _KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text)
+    return mask_url(_KEY_PATTERN.sub(lambda m: m.group(1) + "-***", text))
+
+
+def server_words(body: object) -> str:
+    """What a server said in an error, by the one rule for showing it: the message of an
+    API's JSON error (`{"error": {"message": ...}}`, `{"error": "..."}`, `{"message": ...}`
+    or `{"detail": "..."}`), clipped to DETAIL_CHARS. Anything else (an HTML page, plain
+    text, JSON of another shape) gives "": an address that is not the API it claims to be
+    must not have its page shown, or a connection test becomes a way to read internal pages.
+    """
+    if not isinstance(body, dict):
+        return ""
+    inner = body.get("error", body)
+    if isinstance(inner, dict):
+        inner = inner.get("message", inner.get("detail"))
+    elif inner is body:
+        inner = body.get("message", body.get("detail"))
+    if not isinstance(inner, str):
+        return ""
+    words = " ".join(inner.split())
+    return words if len(words) <= DETAIL_CHARS else words[:DETAIL_CHARS - 1] + "…"
 
 
 def log_failure(exc: BaseException, secrets: tuple[str | None, ...] = ()) -> None:

@@ -12,6 +12,7 @@ import httpx
 import ollama
 
 from core import aio
+from core.config import mask_url
 from core.providers.base import (
     ErrorKind,
     Event,
@@ -25,6 +26,7 @@ from core.providers.base import (
     Usage,
     looks_like_chat,
     redact,
+    server_words,
 )
 from core.providers.network import proxy_for
 
@@ -52,11 +54,12 @@ class OllamaProvider(Provider):
     def __init__(
         self, host: str, *, timeout: httpx.Timeout = TIMEOUT, proxy: str | None = None
     ) -> None:
-        self.host = self.url = host.rstrip("/")
+        self.host = host.rstrip("/")
+        self.url = mask_url(self.host)
         # Our own proxy decision (loopback and NO_PROXY direct), not httpx's reading of the env.
         self.client = ollama.AsyncClient(host=self.host, timeout=timeout,
                                          proxy=proxy_for(self.host, proxy), trust_env=False,
-                                         event_hooks={"response": [_keep_retry_after]})
+                                         event_hooks={"response": [_refusal]})
 
     def models(self) -> list[str]:
         """Names of the chat models pulled on this server (embedding models left out)."""
@@ -152,31 +155,43 @@ class OllamaProvider(Provider):
         return err
 
     def _classify(self, exc: Exception, *, model: str, partial: bool) -> ProviderError:
-        detail = redact(str(getattr(exc, "error", "") or exc))
+        # A refusal's words were sifted by `_refusal`; the package raises its own only for an
+        # error line of a stream (JSON); anything else is named, not quoted.
+        if isinstance(exc, Refused):
+            said = exc.error
+        elif isinstance(exc, ollama.ResponseError):
+            said = server_words({"error": exc.error})
+        else:
+            said = type(exc).__name__
+        detail = redact(said)
         kind, hint, extra = _classify(exc, detail, partial)
         status = getattr(exc, "status_code", None)
-        return ProviderError(kind, detail, hint=hint, model=model, url=self.host,
+        return ProviderError(kind, detail, hint=hint, model=model, url=self.url,
                              http_status=status if isinstance(status, int) and status > 0
                              else None, **extra)
 
 
-class RateLimited(ollama.ResponseError):
-    """A 429 with the Retry-After the ollama package would drop (it keeps no headers)."""
+class Refused(ollama.ResponseError):
+    """An error response, with only what `server_words` lets through of its body, and the
+    Retry-After the ollama package would drop (it keeps no headers)."""
 
-    def __init__(self, error: str, retry_after: str | None) -> None:
-        super().__init__(error, 429)
+    def __init__(self, error: str, status: int, retry_after: str | None) -> None:
+        super().__init__("", status)  # the package would parse and keep a raw body here
+        self.error = error
         self.retry_after = retry_after
 
 
-async def _keep_retry_after(response: httpx.Response) -> None:
-    """httpx response hook: a 429 becomes RateLimited, carrying the server's Retry-After."""
-    if response.status_code == 429:
+async def _refusal(response: httpx.Response) -> None:
+    """httpx response hook: an error status becomes Refused before the ollama package reads
+    the body (it would quote a page that is not Ollama's in full)."""
+    if response.status_code >= 400:
         await response.aread()
         try:
-            error = response.json().get("error") or response.text
+            body = response.json()
         except ValueError:
-            error = response.text
-        raise RateLimited(str(error), response.headers.get("retry-after"))
+            body = None
+        raise Refused(server_words(body), response.status_code,
+                      response.headers.get("retry-after"))
 
 
 def _can_chat(name: str, shown: object) -> bool:

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import openai
 
 from core import aio
+from core.config import mask_url
 from core.providers.base import (
     ErrorKind,
     Event,
@@ -21,6 +22,7 @@ from core.providers.base import (
     Usage,
     looks_like_chat,
     redact,
+    server_words,
 )
 from core.providers.network import proxy_for
 
@@ -78,7 +80,7 @@ class OpenAIProvider(Provider):
                 api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
                 http_client=http_client,
             )
-        self.url = str(self.client.base_url).rstrip("/")
+        self.url = mask_url(str(self.client.base_url).rstrip("/"))
         self.is_openai = (urlparse(self.url).hostname or "") == "api.openai.com"
         # What the endpoint accepts (not per-call state): False once it refused stream_options.
         self.stream_options = True
@@ -219,13 +221,14 @@ def _says_missing(words: str) -> bool:
 
 
 def _server_message(exc: Exception) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else inner
-        if message:
-            return str(message)
-    return str(exc)
+    """The server's words by `server_words`' rule; the SDK's own sentence for a failure with
+    no response (connection, timeout); only the exception's name for anything else, whose
+    text may quote a page (a JSON or validation error prints what it could not read)."""
+    if isinstance(exc, openai.APIConnectionError):
+        return exc.message
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIResponseValidationError):
+        return server_words(exc.body)  # an error response, or an error event mid-stream
+    return type(exc).__name__
 
 
 def _reasoning(extra: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ from core.ui.pickers import (
     store_models,
     system_prompt,
 )
+from core.ui.render import literal
+from core.ui.render import show as show_markdown
 from core.ui.session import (
     add_session_endpoint,
     current_user,
@@ -55,6 +57,7 @@ __all__ = [
     "database_banner",
     "endpoints",
     "language_switch",
+    "literal",
     "mark_interrupted_calls",
     "model_picker",
     "params_picker",
@@ -64,6 +67,7 @@ __all__ = [
     "system_prompt",
     "show_config_error",
     "show_error",
+    "show_markdown",
     "show_run",
     "stop_reply",
     "store_models",

@@ -24,8 +24,9 @@ from core.i18n import t
 from core.metering import Call
 from core.providers import Message, Params, ProviderError
 from core.runner import Run
-from core.ui.errors import show_error
+from core.ui.errors import show_error, show_saved_error
 from core.ui.pickers import KEPT, Choice, remember
+from core.ui.render import show as show_markdown
 from core.ui.session import current_user
 from core.ui.stream import show_run, stop_run
 
@@ -179,7 +180,7 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
         st.button(t("convo.show_earlier", n=thread.earlier), key="chat_show_earlier",
                   icon=":material/expand_less:", on_click=_show_more)
     rows = _call_rows([m.call_id for m in thread.messages if m.call_id is not None])
-    urls = {e.name: e.base_url for e in endpoints}
+    urls = {e.name: e.shown_url for e in endpoints}
     last = thread.messages[-1] if thread.messages else None
     for m in thread.messages:
         _show_saved(m, thread, rows.get(m.call_id), urls.get(thread.conversation.endpoint, "?"),
@@ -201,12 +202,12 @@ def _show_saved(m: convs.ChatMessage, thread: convs.Thread, row: dict[str, Any] 
     with st.chat_message(m.role):
         if m.reasoning:
             with st.expander(t("chat.thought"), icon=":material/psychology:"):
-                st.markdown(m.reasoning)
+                show_markdown(m.reasoning)
         if m.text:
             if m.role == "user":
                 st.text(m.text, width="stretch")  # as typed: a "## " line is not a heading
             else:
-                st.markdown(m.text)
+                show_markdown(m.text)
         if m.role == "assistant":
             _outcome(m, row, url)
         _tools(m, thread, is_last=is_last)
@@ -225,19 +226,7 @@ def _outcome(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None
 
 def _saved_error(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None:
     """An error as data: its catalog key, filled at draw time in the reader's language."""
-    hint = m.error_kind or "unexpected"
-    body = t(f"error.{hint}", url=url, model=m.model or "?", retry_after="?")
-    if row is not None:
-        if row.get("error_detail"):
-            body += "\n\n" + t("error.server_said", detail=row["error_detail"][:500])
-        facts = []
-        if row.get("http_status"):
-            facts.append(t("error.status", status=row["http_status"]))
-        if row.get("request_id"):
-            facts.append(t("error.request_id", request_id=row["request_id"]))
-        if facts:
-            body += "\n\n" + " · ".join(facts)
-    st.error(body, icon=":material/error:")
+    show_saved_error(m.error_kind, m.model, url, row)
 
 
 def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None:

@@ -14,8 +14,10 @@ from core.i18n import t
 from core.metering import Call
 from core.providers import ProviderError
 from core.runner import Run
-from core.ui.errors import show_error
+from core.ui.errors import KINDS, show_blind_error, show_error
 from core.ui.pickers import cached_models
+from core.ui.render import literal
+from core.ui.render import show as show_markdown
 from core.ui.stream import show_run
 
 RUN_KEY = "cmp_run"  # (comparison id, turn, Run) of the turn streaming now
@@ -194,12 +196,12 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
     panes = compare.public_panes(comp)
     for turn in comp.turns:
         with st.chat_message("user"):
-            st.markdown(turn.prompt)
+            show_markdown(turn.prompt)
         cols = st.columns(len(panes))
         for col, pane in zip(cols, panes, strict=True):
             title = f"**{pane['label']}**"
             if pane["model"]:
-                title += f" · {pane['model']} ({pane['endpoint']})"
+                title += f" · {literal(pane['model'])} ({literal(pane['endpoint'])})"
             col.markdown(title)
         if live and live[0] == comp.id and live[1] == turn.turn and not live[2].finished:
             run, positions = live[2], live[3]
@@ -212,11 +214,16 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
         for col, answer in zip(cols, turn.answers, strict=True):
             with col:
                 if answer.text:
-                    st.markdown(answer.text)
-                if answer.position in errors:  # the full sentence while the session has it
+                    show_markdown(answer.text)
+                if (answer.status == "error" or answer.position in errors) and not comp.revealed:
+                    # Blind until the vote: what failed, never which model or server.
+                    error = errors.get(answer.position)
+                    show_blind_error(error.kind.value if error else answer.error_kind, col)
+                elif answer.position in errors:  # the full sentence while the session has it
                     show_error(errors[answer.position], col)
                 elif answer.status == "error":
-                    st.error(t("compare.failed", kind=answer.error_kind or "?"),
+                    st.error(t("compare.failed", kind=t(f"error.what.{answer.error_kind}")
+                               if answer.error_kind in KINDS else "?"),
                              icon=":material/error:")
                 elif answer.status == "stopped":
                     st.caption(t("compare.stopped"))
@@ -270,7 +277,7 @@ def show_leaderboard(user: str) -> None:
 def show_history(user: str) -> None:
     """Past comparisons in the sidebar, newest first; a click reopens one."""
     for item in compare.history(user, limit=20):
-        label = item["title"] or t("compare.untitled")
+        label = literal(item["title"]) if item["title"] else t("compare.untitled")
         if st.sidebar.button(label, key=f"cmp_hist_{item['id']}", type="tertiary"):
             st.session_state[ID_KEY] = item["id"]
             st.session_state.pop(RUN_KEY, None)

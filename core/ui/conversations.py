@@ -13,6 +13,7 @@ import streamlit as st
 from core import conversations as convs
 from core.i18n import DEFAULT, set_language, t
 from core.ui import chat
+from core.ui.render import literal, markdown
 
 LIST_STEP = 50  # conversations listed at first, and how many more "show more" adds
 _LIST = "convo_list_n"
@@ -80,10 +81,12 @@ def _more() -> None:
 
 
 def _item(item: convs.Summary, cid: str | None, snippet: str = "") -> None:
-    title = item.title or t("convo.untitled")
+    # A title may be the model's (or an imported file's): shown as typed, never as Markdown.
+    title = literal(item.title) if item.title else t("convo.untitled")
     st.sidebar.button(title, key=f"convo_open_{item.id}", width="stretch",
                       type="primary" if item.id == cid else "tertiary",
-                      on_click=chat.go_to, args=(item.id,), help=snippet or None)
+                      on_click=chat.go_to, args=(item.id,),
+                      help=literal(snippet) if snippet else None)
 
 
 def _open_one(user: str, cid: str) -> None:
@@ -173,7 +176,7 @@ def _import(user: str) -> None:
         st.session_state[_IMPORTED] = upload.file_id
         cid, problem = import_file(user, upload.getvalue())
         if problem is not None:
-            st.error(problem, icon=":material/error:")
+            st.error(markdown(problem), icon=":material/error:")
             return
         assert cid is not None
         chat.go_to(cid)

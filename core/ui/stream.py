@@ -17,6 +17,7 @@ import streamlit as st
 from core.i18n import t
 from core.metering import Call
 from core.runner import Run
+from core.ui.render import LiveMarkdown
 
 FRAME_S = 0.05
 # How long the Stop click's rerun waits for the calls to settle (they take milliseconds).
@@ -64,27 +65,30 @@ class _Pane:
         self.answer.markdown(f":gray[{t('chat.waiting')}]")
         self.drawn = 0  # characters on screen; -1 once the final answer is drawn
         self.thought: tuple[int, bool] = (0, False)
+        # Model text is drawn only through the renderer; each keeps what it parsed last frame.
+        self.safe_answer, self.safe_reasoning = LiveMarkdown(), LiveMarkdown()
 
     def draw(self, call: Call, finished: bool) -> None:
         text, reasoning = call.text, call.reasoning
         done = finished or call.ended  # a pane whose call ended loses its cursor at once
         thought = (len(reasoning), bool(text) or done)
         if reasoning and thought != self.thought:
-            _draw_reasoning(self.thinking, reasoning, done=thought[1])
+            _draw_reasoning(self.thinking, self.safe_reasoning(reasoning), done=thought[1])
             self.thought = thought
         if done:
             if self.drawn != -1:
                 if text:
-                    self.answer.markdown(text)
+                    self.answer.markdown(self.safe_answer(text))
                 else:
                     self.answer.empty()
                 self.drawn = -1
         elif len(text) != self.drawn:
-            self.answer.markdown(text + " ▌")
+            self.answer.markdown(self.safe_answer(text) + " ▌")
             self.drawn = len(text)
 
 
 def _draw_reasoning(slot: Any, reasoning: str, *, done: bool) -> None:
+    """The reasoning, already made safe by the renderer, in its expander."""
     label = t("chat.thought") if done else t("chat.thinking")
     with slot.container(), st.expander(label, expanded=not done, icon=":material/psychology:"):
         st.markdown(reasoning)
