@@ -485,10 +485,37 @@ def _export_frame(user_id: str, f: Filters, tz: ZoneInfo, eng: Engine | None) ->
 
 
 def export_csv(user_id: str, f: Filters, tz: ZoneInfo, *, eng: Engine | None = None) -> bytes:
-    """The filtered ledger as CSV (UTF-8 with a BOM, so Excel reads Chinese model names)."""
-    frame = _export_frame(user_id, f, tz, eng)
+    """The filtered ledger as CSV (see `csv_bytes`)."""
+    return csv_bytes(_export_frame(user_id, f, tz, eng))
+
+
+# What a spreadsheet reads as the start of a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each text cell that starts like a formula prefixed with a single quote,
+    so a spreadsheet shows it as text (a server can name its model `=HYPERLINK(...)`).
+    Only text cells change: a negative number stays a number."""
+    safe = frame.copy()
+    for name in safe.columns:
+        column = safe[name]
+        if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+            continue
+        try:  # a cell that is not text (None, a number in an object column) gives False
+            risky = column.str.startswith(FORMULA_STARTS, na=False).astype(bool)
+        except AttributeError:  # an object column of numbers (Decimal) or other values
+            continue
+        if risky.any():
+            safe[name] = column.where(~risky, "'" + column.where(risky, ""))
+    return safe
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """The one CSV writer of the app: UTF-8 with a BOM (so Excel reads Chinese model names),
+    no index, and text safe in a spreadsheet (`spreadsheet_text`)."""
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
+    spreadsheet_text(frame).to_csv(buffer, index=False)
     return b"\xef\xbb\xbf" + buffer.getvalue().encode()
 
 
