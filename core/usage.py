@@ -9,6 +9,7 @@ refused above EXPORT_LIMIT rows.
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 from dataclasses import dataclass, field
@@ -513,9 +514,11 @@ def spreadsheet_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """The one CSV writer of the app: UTF-8 with a BOM (so Excel reads Chinese model names),
-    no index, and text safe in a spreadsheet (`spreadsheet_text`)."""
+    no index, and text safe in a spreadsheet (`spreadsheet_text`). Every text cell is
+    quoted: pandas leaves a carriage return unquoted, and a spreadsheet would start a new row
+    there, whose first cell could be a formula again."""
     buffer = io.StringIO()
-    spreadsheet_text(frame).to_csv(buffer, index=False)
+    spreadsheet_text(frame).to_csv(buffer, index=False, quoting=csv.QUOTE_NONNUMERIC)
     return b"\xef\xbb\xbf" + buffer.getvalue().encode()
 
 
