@@ -64,6 +64,26 @@ def test_blind_mode_hides_names_until_the_vote(db, fake_openai):
     assert "gpt-4o" in screen_text(at)
 
 
+def test_a_blind_pane_failing_says_only_what_failed_until_the_vote(db, fake_openai):
+    # The fake's 429 says "Rate limit reached for fault-429 in organization ...".
+    at = compare_page(app().run())
+    at.toggle(key="cmp_blind").set_value(True).run()
+    at.multiselect(key="cmp_pool").set_value(
+        ["fault-429 @ OpenAI-compatible", "gpt-4o-mini @ OpenAI-compatible"]).run()
+    at.chat_input[0].set_value("Blind question").run()
+    assert not at.exception, at.exception
+    [failed] = at.error
+    assert "rate limit" in failed.value
+    shown = screen_text(at)
+    for clue in ("fault-429", "gpt-4o", fake_openai.url, "127.0.0.1", "Rate limit reached",
+                 "req_", "HTTP 429"):
+        assert clue not in shown, clue
+    at.button(key=[b.key for b in at.button if b.key and b.key.endswith("_tie_None")][0]
+              ).click().run()
+    assert not at.exception, at.exception
+    assert "fault-429" in " ".join(e.value for e in at.error)  # the vote reveals it all
+
+
 def test_a_failing_pane_shows_its_sentence_the_other_finishes_and_follow_ups_continue(
         db, fake_openai):
     at = compare_page(app().run())

@@ -140,7 +140,7 @@ def test_settings_shows_a_credentialed_url_masked(db, monkeypatch, openai_server
     assert "s3cret" not in table and "alice" not in table and "***@127.0.0.1" in table
     labels = " ".join(e.label for e in at.expander)
     assert "s3cret" not in labels and "alice" not in labels
-    assert "\\*\\*\\*\\@127" in labels  # escaped: a name is shown as typed
+    assert "http://\\*\\*\\*@127.0.0.1" in labels  # stars escaped: shown as typed
     at.button(key="test_OpenAI-compatible").click().run()  # fails: Basic auth, not the key
     assert not at.exception, at.exception
     assert at.error and all("s3cret" not in e.value for e in at.error)

@@ -38,6 +38,7 @@ docstring for when that is valid).
 from __future__ import annotations
 
 import functools
+import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ CACHE_SIZE = 512  # finished texts kept rendered (chat history is drawn again on
 _SRC = "owngpt_src"  # env: the inline text being parsed at the top level
 _MARKS = "owngpt_marks"  # env: `$` and `:` positions of that text, as the parser met them
 _PUNCTUATION = str.maketrans({c: "\\" + c for c in string.punctuation})
+# What can start Markdown inside one line of text: escaped in a name. `-`, `.`, `:`, `(` and
+# the like are not (gpt-4o-mini, llama3.2:1b and URLs read as typed in the page's source).
+_MARKUP = str.maketrans({c: "\\" + c for c in "\\`*_[]<>!$|~{}&#"})
+_LIST_START = re.compile(r"^(\d{1,9})([.)])|^([-+=])")
 _BARE_LINKS = ("www.", "http://", "https://")  # what starts a GFM bare link in Streamlit
 _BLANK = " \t"
 
@@ -325,8 +330,11 @@ def _spans_block_start(src: str, at: int, end: int) -> bool:
 
 
 def _literal(text: str) -> str:
-    """Text shown as typed inside Markdown: every ASCII punctuation mark escaped, one line."""
-    return " ".join(text.split()).translate(_PUNCTUATION)
+    """Text shown as typed inside Markdown, on one line: each character that could start
+    Markdown escaped, and a list marker at its start too."""
+    line = " ".join(text.split()).translate(_MARKUP)
+    return _LIST_START.sub(lambda m: (m.group(1) or "") + "\\" + (m.group(2) or m.group(3)),
+                           line, count=1)
 
 
 # -- from inline offsets to the text's offsets -------------------------------------------------
