@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from playwright.sync_api import expect
 
@@ -72,6 +76,55 @@ def test_html_in_an_answer_is_shown_as_text_never_run(app, browser):
     assert page.evaluate("window.pwned") is None
     assert page.locator("[data-testid=stChatMessage] script").count() == 0
     assert page.locator("[data-testid=stChatMessage] img[src=x]").count() == 0
+
+
+class _Leak(BaseHTTPRequestHandler):
+    """Where an injected image would send the conversation: it counts every request."""
+
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def leak() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Leak)
+    server.hits = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_images_in_an_answer_become_links_and_nothing_is_fetched(app, browser, leak):
+    base = f"http://127.0.0.1:{leak.server_address[1]}"
+    page = app.open(browser)
+    choose_model(page, "gpt-4o-mini")
+    # The fake echoes the message: the answer carries an inline image, a reference-style
+    # image (its definition on a line of its own) and raw HTML with an onerror.
+    send(page, f"Look ![chart]({base}/inline?q=secret) and ![][r] and "
+               f'<img src="{base}/raw" onerror="window.pwned=1">\n\n[r]: {base}/ref\n\nend')
+    reply = assistant(page)
+    expect(reply).to_contain_text("tokens/s", timeout=15_000)
+    for view in ("after streaming", "drawn again from the saved conversation"):
+        messages = page.get_by_test_id("stChatMessage")
+        assert messages.locator("img[src^='http']").count() == 0, view
+        link = assistant(page).get_by_role("link", name="chart")
+        expect(link).to_have_attribute("href", f"{base}/inline?q=secret")
+        expect(link).to_have_attribute("target", "_blank")
+        expect(link).to_have_attribute("rel", "noopener noreferrer")
+        expect(assistant(page).get_by_role("link", name="image")).to_have_attribute(
+            "href", f"{base}/ref")
+        expect(assistant(page)).to_contain_text(f'<img src="{base}/raw"')  # shown as text
+        page.reload()
+        expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+        settled(page)
+    assert page.evaluate("window.pwned") is None
+    assert leak.hits == []  # type: ignore[attr-defined]
 
 
 def test_empty_and_huge_messages(app, browser, e2e_openai):
