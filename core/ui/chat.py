@@ -26,6 +26,7 @@ from core.providers import Message, Params, ProviderError
 from core.runner import Run
 from core.ui.errors import show_error, show_saved_error
 from core.ui.pickers import KEPT, Choice, remember
+from core.ui.render import literal
 from core.ui.render import show as show_markdown
 from core.ui.session import current_user
 from core.ui.stream import show_run, stop_run
@@ -327,7 +328,7 @@ def meta_from_row(row: dict[str, Any]) -> str:
 
 def _meta(model: str, tokens_in: int, tokens_out: int, estimated: bool, ttft: float | None,
           speed: float | None, cost: Any) -> str:
-    parts = [model]
+    parts = [literal(model)]  # a name as typed, never Markdown
     tokens = t("meta.tokens", input=tokens_in, output=tokens_out)
     parts.append(tokens + (" " + t("meta.estimated") if estimated else ""))
     if ttft is not None:

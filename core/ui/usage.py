@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import budget, pricing, usage
 from core.i18n import t
+from core.ui.render import literal, markdown
 
 # Keys written out whole, so the catalog check (tests/test_i18n.py) finds each one.
 PRESET_KEYS = {"today": "usage.preset_today", "7d": "usage.preset_7d",
@@ -124,7 +125,7 @@ def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
         return
     unpriced = table[table["source"] == "none"]
     if not unpriced.empty:
-        st.warning(t("usage.prices_unpriced", models=", ".join(unpriced["model"])),
+        st.warning(t("usage.prices_unpriced", models=", ".join(map(literal, unpriced["model"]))),
                    icon=":material/money_off:")
     cc = st.column_config
     shown = table.assign(source=table["source"].map(lambda s: t(SOURCE_KEYS[s])))
@@ -153,7 +154,7 @@ def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
             if new_rate is None or new_rate == 0:
                 raise pricing.PriceError("prices.err_rate")
         except pricing.PriceError as err:
-            st.error(t(err.key, **err.context) + " " + t("usage.prices_not_saved"),
+            st.error(markdown(t(err.key, **err.context) + " " + t("usage.prices_not_saved")),
                      icon=":material/error:")
             return
         if new_rate != pricing.cny_per_usd(user_id):
