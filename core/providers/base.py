@@ -76,9 +76,10 @@ class ProviderError(Exception):
     comparison shows only the kind.
 
     `hint` names an entry of the i18n catalog (default `error.<kind>`); `context` fills its
-    placeholders (model, url, retry_after). `detail` is the server's own message, only ever
-    the message of an API's JSON error (see `server_words`), clipped, with any key redacted;
-    never the body of whatever page an address returned. `http_status` and `request_id` are
+    placeholders (model, url, retry_after). `detail` is what the server said: only ever the
+    message of an API's JSON error (see `server_words`), clipped, with any key redacted, never
+    the body of whatever page an address returned (a failure that is not the server's names
+    its exception instead). `http_status` and `request_id` are
     the server's, when it gave them (shown under the sentence, kept in the call's row).
     """
 
