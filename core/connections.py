@@ -4,6 +4,11 @@
 models configured (Azure deployments, which cannot be listed with an API key) is tested
 with a one-token chat request instead, so a wrong key or a missing deployment fails here,
 not at the user's first message.
+
+A failed test says a status and a sentence, never what the address returned: the adapters
+keep nothing of an error's body but an API's own JSON error message (`server_words`), and
+Settings shows a test's error without even that (`show_error(..., quote=False)`), so pointing
+a connection at an internal page does not read the page.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import API_KEY
 from tests.e2e.conftest import choose_model, screenshot, send
+from tests.timing import WAIT_MS
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_images_in_an_answer_become_links_and_nothing_is_fetched(app, browser, l
     send(page, f"Look ![chart]({base}/inline?q=secret) and ![][r] and "
                f'<img src="{base}/raw" onerror="window.pwned=1">\n\n[r]: {base}/ref\n\nend')
     reply = assistant(page)
-    expect(reply).to_contain_text("tokens/s", timeout=15_000)
+    expect(reply).to_contain_text("tokens/s", timeout=WAIT_MS)
     for view in ("after streaming", "drawn again from the saved conversation"):
         messages = page.get_by_test_id("stChatMessage")
         assert messages.locator("img[src^='http']").count() == 0, view
@@ -121,7 +122,7 @@ def test_images_in_an_answer_become_links_and_nothing_is_fetched(app, browser, l
             "href", f"{base}/ref")
         expect(assistant(page)).to_contain_text(f'<img src="{base}/raw"')  # shown as text
         page.reload()
-        expect(assistant(page)).to_contain_text("tokens/s", timeout=15_000)
+        expect(assistant(page)).to_contain_text("tokens/s", timeout=WAIT_MS)
         settled(page)
     assert page.evaluate("window.pwned") is None
     assert leak.hits == []  # type: ignore[attr-defined]
