@@ -14,6 +14,8 @@ from core.metering import Call
 from core.pricing import Price, cost, set_user_price
 from core.providers import Message, Params, ProviderError, Usage
 from tests.conftest import API_KEY, call_rows
+from tests.fakes import FakeOpenAIServer
+from tests.timing import NEVER_S, WAIT_S, wait_until
 
 HELLO = [Message("user", "Hello")]
 
@@ -48,10 +50,15 @@ def test_a_stream_dying_mid_answer_keeps_the_partial_in_the_log(db, openai_serve
     assert row["output_chars"] == len(call.text) > 0
 
 
-def test_stop_from_another_thread_during_a_slow_first_token(db, openai_server):
-    call = Call(endpoint(openai_server), "fault-slow", HELLO, user_id="ana")
-    threading.Timer(0.3, call.stop).start()
-    call.run_sync(timeout=10)
+def test_stop_from_another_thread_during_a_slow_first_token(db):
+    with FakeOpenAIServer(api_key=API_KEY, slow_first_token=NEVER_S) as server:
+        call = Call(endpoint(server), "fault-slow", HELLO, user_id="ana")
+        caller = threading.Thread(target=call.run_sync, kwargs={"timeout": WAIT_S})
+        caller.start()
+        wait_until(lambda: server.requests, what="the request to arrive")
+        call.stop()  # the first token would never come: only the stop ends this call
+        caller.join(WAIT_S)
+        assert not caller.is_alive()
     [row] = call_rows(db)
     assert row["status"] == "stopped" and row["error_kind"] is None
 

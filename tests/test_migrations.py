@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from core import store
+from tests.timing import WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = "bd0679a"  # the commit whose create_all made the databases users have today
@@ -133,7 +134,7 @@ def test_two_processes_start_at_once_on_an_old_database(tmp_path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", PROCESS, url, start], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outs = [p.communicate(timeout=60) for p in procs]
+    outs = [p.communicate(timeout=WAIT_S) for p in procs]
     for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert out.split() == ["2", store.head()]

@@ -12,10 +12,11 @@ from core import budget, pricing
 from tests.conftest import API_KEY, call_rows
 from tests.test_app import app
 from tests.test_usage import add
+from tests.timing import WAIT_S
 
 
 def page() -> AppTest:
-    return AppTest.from_file("../app_pages/usage.py", default_timeout=30)
+    return AppTest.from_file("../app_pages/usage.py", default_timeout=WAIT_S)
 
 
 def test_an_empty_ledger_says_how_to_fill_it(db):

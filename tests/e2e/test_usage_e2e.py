@@ -19,7 +19,7 @@ def app(start_app, e2e_openai):
 
 def settled(page: Page) -> None:
     expect(page.get_by_test_id("stApp")).to_have_attribute(
-        "data-test-script-state", "notRunning", timeout=30_000)
+        "data-test-script-state", "notRunning")
 
 
 def ledger_text(page: Page) -> str:
@@ -40,7 +40,7 @@ def test_two_chat_calls_show_up_filter_and_export(app, browser):
     for n, model in enumerate(("gpt-4o-mini", "gpt-4o"), start=1):
         choose_model(page, model)
         send(page, f"Question {n} for {model}")
-        app.wait_rows(n, timeout=30)
+        app.wait_rows(n)
         settled(page)
     rows = app.wait_rows(2)
     assert [r["model"] for r in rows] == ["gpt-4o-mini", "gpt-4o"]
