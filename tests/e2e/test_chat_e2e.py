@@ -7,6 +7,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import API_KEY
 from tests.e2e.conftest import choose_model, screenshot, send, settled
+from tests.timing import WAIT_MS
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def test_empty_and_huge_messages(app, browser, e2e_openai):
     try:
         send(page, huge)
         reply = assistant(page)
-        expect(reply.get_by_text("tokens/s")).to_be_visible()
+        # 200 KB up through the browser and 12,500 tokens back: three times the usual wait.
+        expect(reply.get_by_text("tokens/s")).to_be_visible(timeout=3 * WAIT_MS)
     finally:
         e2e_openai.rate = 80
     rows = app.wait_rows(before + 1)
