@@ -279,3 +279,18 @@ def test_an_open_deployment_has_no_box_and_no_sign_out(db, openai_server, monkey
     assert at.button(key="test_OpenAI-compatible")
     assert not [b for b in at.button if b.key == "gate_sign_out"]
     assert openai_server.url in at.dataframe[0].value.to_string()
+
+
+def test_with_auth_configured_settings_asks_who_you_are_like_every_page(db, monkeypatch,
+                                                                        openai_server):
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at.session_state["language"] = "en"
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback",
+                          "cookie_secret": "x", "client_id": "", "client_secret": "",
+                          "server_metadata_url": ""}
+    at.switch_page("app_pages/settings.py")
+    at.run()
+    assert "Sign-in could not be checked" in texts(at)
+    assert not at.dataframe and not [b for b in at.button if b.key.startswith("test_")]
