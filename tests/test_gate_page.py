@@ -294,3 +294,11 @@ def test_with_auth_configured_settings_asks_who_you_are_like_every_page(db, monk
     at.run()
     assert "Sign-in could not be checked" in texts(at)
     assert not at.dataframe and not [b for b in at.button if b.key.startswith("test_")]
+
+
+@pytest.mark.parametrize("page, title", [("app_pages/settings.py", "Settings"),
+                                         ("app_pages/compare.py", "Compare models")])
+def test_signing_in_opens_the_page_asked_for(gated, page, title):
+    at = sign_in(app(page), ADMIN_PASSWORD)
+    assert not at.exception
+    assert title in [e.value for e in at.title]

@@ -117,9 +117,12 @@ def gate() -> Role:
     return granted or VISITOR
 
 
-def _address() -> tuple[str, dict[str, str]]:
-    """The page path (relative to the app's root) and query this run was asked for."""
-    path = urlparse(st.context.url or "").path.strip("/")
+def _address() -> tuple[str | None, dict[str, str]]:
+    """The page path (relative to the app's root; None when the browser did not say) and the
+    query this run was asked for."""
+    if st.context.url is None:
+        return None, {k: st.query_params[k] for k in st.query_params}
+    path = urlparse(st.context.url).path.strip("/")
     base = str(st.get_option("server.baseUrlPath") or "").strip("/")
     if base and (path == base or path.startswith(base + "/")):
         path = path[len(base):].strip("/")
@@ -133,7 +136,7 @@ def return_to_address(pages: list[st.Page], current: st.Page) -> None:
     if wanted is None:
         return
     path, query = wanted
-    target = next((p for p in pages if p.url_path == path), current)
+    target = next((p for p in pages if path is not None and p.url_path == path), current)
     if target is current and query == {k: st.query_params[k] for k in st.query_params}:
         return
     st.switch_page(target, query_params=query)
