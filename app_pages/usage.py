@@ -58,7 +58,10 @@ with charts_tab:
                  hide_index=True, width="stretch")
 with prices_tab:
     seen = usage.with_urls(user, usage.facets_of(hours))
-    usage_ui.prices(user, seen, {e.name: e for e in ui.endpoints()[0]})
+    if ui.allowed("edit_prices"):
+        usage_ui.prices(user, seen, {e.name: e for e in ui.endpoints()[0]})
+    else:
+        st.info(t("gate.prices_admin"), icon=":material/admin_panel_settings:")
 with budget_tab:
     usage_ui.budget_banner(user)
     known = budget.get_budget(user)
@@ -67,7 +70,9 @@ with budget_tab:
                                value="" if known is None else str(known.amount))
         currency = st.selectbox(t("usage.currency"), ["USD", "CNY"])
         hard = st.checkbox(t("usage.hard_stop"), value=bool(known and known.hard_stop))
-        if st.form_submit_button(t("usage.save")):
+        if st.form_submit_button(t("usage.save"), disabled=not ui.allowed("edit_budget"),
+                                 help=None if ui.allowed("edit_budget") else t("gate.admin_only")):
+            ui.require("edit_budget")
             try:
                 budget.set_budget(user, amount, currency, hard)
             except ValueError as err:

@@ -25,6 +25,7 @@ from core.metering import Call
 from core.providers import Message, Params, ProviderError
 from core.runner import Run
 from core.ui.errors import show_error
+from core.ui.gate import shown_url
 from core.ui.pickers import KEPT, Choice, remember
 from core.ui.session import current_user
 from core.ui.stream import show_run, stop_run
@@ -226,7 +227,7 @@ def _outcome(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None
 def _saved_error(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None:
     """An error as data: its catalog key, filled at draw time in the reader's language."""
     hint = m.error_kind or "unexpected"
-    body = t(f"error.{hint}", url=url, model=m.model or "?", retry_after="?")
+    body = t(f"error.{hint}", url=shown_url(url), model=m.model or "?", retry_after="?")
     if row is not None:
         if row.get("error_detail"):
             body += "\n\n" + t("error.server_said", detail=row["error_detail"][:500])

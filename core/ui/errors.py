@@ -7,14 +7,17 @@ import streamlit as st
 from core.config import ConfigError
 from core.i18n import t
 from core.providers import ProviderError
+from core.ui.gate import allowed, shown_url
 
 
 def show_error(err: ProviderError, target: st.delta_generator.DeltaGenerator | None = None) -> None:
     """An error banner: what to do, and what the server said."""
     where = target or st
-    body = t(err.hint, **err.context)
+    url = str(err.context.get("url", ""))
+    body = t(err.hint, **{**err.context, "url": shown_url(url)})
     if err.detail:
-        body += "\n\n" + t("error.server_said", detail=err.detail[:500])
+        detail = err.detail.replace(url, shown_url(url)) if url else err.detail
+        body += "\n\n" + t("error.server_said", detail=detail[:500])
     facts = []
     if err.http_status:
         facts.append(t("error.status", status=err.http_status))
@@ -26,5 +29,8 @@ def show_error(err: ProviderError, target: st.delta_generator.DeltaGenerator | N
 
 
 def show_config_error(err: ConfigError) -> None:
-    """A configuration problem, in the user's language."""
+    """A configuration problem, in the user's language; a visitor only learns there is one."""
+    if not allowed("see_connection_details"):
+        st.warning(t("gate.config_problem"), icon=":material/settings_alert:")
+        return
     st.warning(t(err.key, **err.context), icon=":material/settings_alert:")

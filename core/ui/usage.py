@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import budget, pricing, usage
 from core.i18n import t
+from core.ui.gate import require
 
 # Keys written out whole, so the catalog check (tests/test_i18n.py) finds each one.
 PRESET_KEYS = {"today": "usage.preset_today", "7d": "usage.preset_7d",
@@ -147,6 +148,7 @@ def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
                              key="usage_rate")
         save = st.form_submit_button(t("usage.prices_save"), key="usage_prices_save")
     if save:
+        require("edit_prices")
         try:
             changes = usage.changed_prices(shown, edited)
             new_rate = pricing.parse_amount(rate, field=t("usage.rate"))
@@ -167,6 +169,7 @@ def prices(user_id: str, seen: pd.DataFrame, configured: dict) -> None:
     yours = table[table["source"] == "yours"]
     if not yours.empty and st.button(t("usage.reprice", n=len(yours)), key="usage_reprice",
                                      help=t("usage.reprice_help")):
+        require("edit_prices")
         changed = 0
         for row in yours.itertuples():
             price = pricing.user_price(user_id, row.endpoint, row.model)

@@ -99,7 +99,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningApp]]:
     """Start the app with the given environment (and, to restart the same app, the database
-    file of an earlier start); every app started is stopped at the end."""
+    file of an earlier start); every app started is stopped at the end. It is started as
+    `python dev.py app` starts it: app.py, streamlit_app.py with the remember-me routes."""
     started: list[RunningApp] = []
 
     def start(db_path: Path | None = None, **env: str) -> RunningApp:
@@ -111,7 +112,7 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
         clean.update(TEST_ENV)
         clean.update(DATABASE_URL=db_url, OWNGPT_ENV_FILE=str(folder / "absent.env"), **env)
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
              "--server.port", str(port), "--server.address", "127.0.0.1",
              "--server.headless", "true", "--server.fileWatcherType", "none",
              "--browser.gatherUsageStats", "false"],
