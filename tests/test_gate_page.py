@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core.access import ADMIN, VISITOR, Passes
 from core.config import make_endpoint
 from tests.conftest import API_KEY, call_rows
+from tests.timing import WAIT_S
 
 ENTRY = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 PAGES = ["app_pages/chat.py", "app_pages/compare.py", "app_pages/usage.py",
@@ -31,7 +32,7 @@ def gated(monkeypatch, db, openai_server, ollama_server):
 
 
 def app(page: str | None = None, **query: str) -> AppTest:
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     for k, v in query.items():
         at.query_params[k] = v
@@ -73,7 +74,7 @@ def test_an_open_conversation_address_shows_only_the_password_box(gated):
 
 
 def test_a_list_of_passwords_in_the_secrets_gates_too(db, monkeypatch):
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     at.secrets["APP_PASSWORD"] = ["first, with a comma", "second"]
     at.run()
@@ -181,7 +182,7 @@ def refusing_page() -> None:
 
 
 def test_require_refuses_a_visitor_where_the_action_happens(gated):
-    at = AppTest.from_function(refusing_page, default_timeout=30)
+    at = AppTest.from_function(refusing_page, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     at.run()
     assert "Only the admin" in at.error[0].value
@@ -260,7 +261,7 @@ def call_rows_count(at: AppTest) -> int:
 
 def test_a_visitor_is_not_told_the_servers_address_in_an_error(db, monkeypatch):
     monkeypatch.setenv("APP_PASSWORD", VISITOR_PASSWORD)
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     at.secrets["endpoints"] = [{"name": "Down", "base_url": "http://127.0.0.1:9/v1",
                                 "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
@@ -285,7 +286,7 @@ def test_with_auth_configured_settings_asks_who_you_are_like_every_page(db, monk
                                                                         openai_server):
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback",
                           "cookie_secret": "x", "client_id": "", "client_secret": "",

@@ -11,7 +11,7 @@ from core import conversations as convs
 from core.conversations import ChatMessage
 from tests.conftest import API_KEY
 from tests.e2e.conftest import RunningApp
-from tests.timing import WAIT_MS, wait_until
+from tests.timing import wait_until
 
 VISITOR_PASSWORD = "hunter2"
 ADMIN_PASSWORD = "boss-Ω"
@@ -38,7 +38,7 @@ def sign_in(page: Page, password: str, *, remember: bool = True) -> None:
 
 
 def shows_only_the_password_box(page: Page, app_urls: list[str]) -> None:
-    expect(password_box(page)).to_be_visible(timeout=WAIT_MS)
+    expect(password_box(page)).to_be_visible()
     expect(page.get_by_role("heading", name="OwnGPT is private")).to_be_visible()
     for test_id in ("stChatInput", "stDataFrame", "stTable", "stExpander", "stSidebarNav",
                     "stMetric", "stTabs", "stChatMessage"):
@@ -60,10 +60,10 @@ def test_wrong_is_refused_right_admits_to_the_address_asked_for(gated, browser, 
                                                                 e2e_ollama):
     page = gated.open(browser, "/compare")
     sign_in(page, "not-the-password")
-    expect(page.get_by_text("That password is not right.")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text("That password is not right.")).to_be_visible()
     shows_only_the_password_box(page, [e2e_openai.url, e2e_ollama.url])
     sign_in(page, VISITOR_PASSWORD)
-    expect(page.get_by_role("heading", name="Compare models")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_role("heading", name="Compare models")).to_be_visible()
     expect(page).to_have_url(gated.url + "/compare")
     expect(page.get_by_role("heading", name="Chat", exact=True)).to_have_count(0)
     expect(password_box(page)).to_have_count(0)
@@ -76,7 +76,7 @@ def test_an_open_conversation_address_survives_sign_in(gated, browser):
     page = gated.open(browser, f"/?c={saved.id}")
     expect(page.get_by_text("a question kept behind the gate")).to_have_count(0)
     sign_in(page, VISITOR_PASSWORD, remember=False)
-    expect(page.get_by_text("a question kept behind the gate")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text("a question kept behind the gate")).to_be_visible()
     expect(page).to_have_url(f"{gated.url}/?c={saved.id}")
     page.context.close()
 
@@ -84,7 +84,7 @@ def test_an_open_conversation_address_survives_sign_in(gated, browser):
 def test_remember_me_survives_a_reload_and_sign_out_ends_it(gated, browser):
     page = gated.open(browser, "/")
     sign_in(page, VISITOR_PASSWORD)
-    expect(page.get_by_test_id("stChatInput")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_test_id("stChatInput")).to_be_visible()
 
     def cookie():
         return next((c for c in page.context.cookies() if c["name"] == "owngpt_pass"), None)
@@ -92,14 +92,14 @@ def test_remember_me_survives_a_reload_and_sign_out_ends_it(gated, browser):
     found = wait_until(cookie, what="the remember-me cookie")
     assert found["httpOnly"] and found["sameSite"] == "Strict"
     page.reload()
-    expect(page.get_by_test_id("stChatInput")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_test_id("stChatInput")).to_be_visible()
     expect(password_box(page)).to_have_count(0)
 
     page.get_by_role("button", name="Sign out").click()
-    expect(password_box(page)).to_be_visible(timeout=WAIT_MS)
+    expect(password_box(page)).to_be_visible()
     wait_until(lambda: cookie() is None, what="sign out to drop the cookie")
     page.reload()
-    expect(password_box(page)).to_be_visible(timeout=WAIT_MS)
+    expect(password_box(page)).to_be_visible()
     expect(page.get_by_test_id("stChatInput")).to_have_count(0)
     page.context.close()
 
@@ -107,19 +107,19 @@ def test_remember_me_survives_a_reload_and_sign_out_ends_it(gated, browser):
 def test_without_remember_me_a_reload_asks_again(gated, browser):
     page = gated.open(browser, "/")
     sign_in(page, VISITOR_PASSWORD, remember=False)
-    expect(page.get_by_test_id("stChatInput")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_test_id("stChatInput")).to_be_visible()
     page.reload()
-    expect(password_box(page)).to_be_visible(timeout=WAIT_MS)
+    expect(password_box(page)).to_be_visible()
     page.context.close()
 
 
 def test_the_admin_opens_settings_tools(gated, browser, e2e_ollama):
     page = gated.open(browser, "/settings")
     sign_in(page, ADMIN_PASSWORD, remember=False)
-    expect(page.get_by_text("Signed in as the admin")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text("Signed in as the admin")).to_be_visible()
     page.get_by_text(f"Ollama · {e2e_ollama.url}").click()
     page.get_by_role("button", name="Test connection").last.click()
-    expect(page.get_by_text("models found")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text("models found")).to_be_visible()
     expect(page.get_by_role("button", name="Add and test")).to_be_visible()
     page.context.close()
 
@@ -128,8 +128,7 @@ def test_a_visitor_finds_no_tools_and_no_addresses_in_settings(gated, browser, e
                                                               e2e_ollama):
     page = gated.open(browser, "/settings")
     sign_in(page, VISITOR_PASSWORD, remember=False)
-    expect(page.get_by_text("for the admin of this deployment")).to_be_visible(
-        timeout=WAIT_MS)
+    expect(page.get_by_text("for the admin of this deployment")).to_be_visible()
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     for name in ("Test connection", "Add and test", "Pull"):
         expect(page.get_by_role("button", name=name, exact=True)).to_have_count(0)
