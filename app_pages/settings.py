@@ -6,6 +6,7 @@ from core import connections, ui
 from core.config import PRESETS, ConfigError, make_endpoint
 from core.i18n import t
 from core.providers import ProviderError
+from core.ui import usage as usage_ui
 
 endpoints, problems = ui.endpoints()
 # After an endpoint is added the page reruns: the list shows it, and the typed key is wiped
@@ -56,6 +57,8 @@ for endpoint in endpoints:
                                icon=":material/check_circle:")
                 if found.models:
                     st.caption(", ".join(found.models[:50]))
+        with right:
+            usage_ui.pricing_control(endpoint)
         if endpoint.source == "session" and right.button(
             t("settings.remove"), key=f"remove_{endpoint.name}", icon=":material/delete:"
         ):
