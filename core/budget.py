@@ -233,16 +233,13 @@ def enforce(user_id: str, endpoint: Endpoint, model: str, *,
     except Refused:
         raise
     except Exception as exc:  # any database failure means "cannot check"
-        if _offline_free(endpoint):
+        # Free by what was last read of the deployment's prices and modes (a local Ollama):
+        # still never refused. Anything else fails closed if a hard stop was last seen.
+        price, _source = pricing.price_in_force(endpoint, model,
+                                                known=pricing.last_known(eng=eng))
+        if price is not None and price.free:
             return
         with _lock:
             last = _known.get(str(eng.url), {})
         if any(b.hard_stop for s, b in last.items() if s in (DEPLOYMENT, user_id)):
             raise BudgetUnavailable() from exc
-
-
-def _offline_free(endpoint: Endpoint) -> bool:
-    # Without the database the deployment's prices cannot be read: an endpoint that is free
-    # by its own setting, or by the auto rule (Ollama, a private server), goes on.
-    mode = endpoint.pricing if endpoint.pricing in pricing.PRICING_MODES else "auto"
-    return mode == "free" or (mode == "auto" and pricing.is_private(endpoint))

@@ -183,6 +183,14 @@ def deployment(*, eng: Engine | None = None) -> Deployment:
     return found
 
 
+def last_known(*, eng: Engine | None = None) -> Deployment:
+    """What was last read of the deployment, however old (else nothing set): for decisions
+    that must be taken while the database cannot be read."""
+    with _cache_lock:
+        cached = _cache.get(str((eng or store.engine()).url))
+    return cached[1] if cached is not None else Deployment()
+
+
 def _rate(raw: Any) -> Decimal:
     try:
         rate = Decimal(str(raw)) if raw is not None else DEFAULT_CNY_PER_USD
@@ -379,9 +387,11 @@ FREE = Price(Decimal(0), Decimal(0))
 
 
 def price_in_force(endpoint: Endpoint, model: str, *, at: datetime | None = None,
-                   eng: Engine | None = None) -> tuple[Price | None, Source]:
-    """The price a new call of this model would be charged at, and where it comes from."""
-    known = deployment(eng=eng)
+                   eng: Engine | None = None,
+                   known: Deployment | None = None) -> tuple[Price | None, Source]:
+    """The price a new call of this model would be charged at, and where it comes from
+    (`known`: the deployment's settings to use instead of reading them)."""
+    known = known or deployment(eng=eng)
     mode = pricing_mode(endpoint, known=known)
     if mode == "free":
         return FREE, "free"

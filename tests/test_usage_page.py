@@ -44,13 +44,13 @@ def test_chat_and_compare_warn_at_80_and_stop_at_100_percent(db, script):
     at.run()
     at.switch_page(script).run()
     assert not at.exception and not at.warning and not at.error
-    budget.set_budget("local", "1", "USD", hard_stop=True, eng=db)
+    budget.set_budget(budget.DEPLOYMENT, "1", "USD", hard_stop=True, eng=db)
     add(db, user="local", cost=Decimal("0.85"))
     at.run()
     assert "85% of this month's budget used" in at.warning[0].value
     add(db, user="local", cost=Decimal("0.30"))
     at.run()
-    assert "This month's budget is spent: 1.15 of 1.00 USD." in at.error[0].value
+    assert "This month's budget is spent: $1.15 of $1.00." in at.error[0].value
 
 
 QWEN = "https://dashscope.aliyuncs.com/compatible-mode/v1"
@@ -65,11 +65,11 @@ def seeded_prices(db) -> AppTest:
     return at
 
 
-def edit_prices(at: AppTest, row: dict, rate: str | None = None) -> AppTest:
+def edit_prices(at: AppTest, row: dict, rate: float | None = None) -> AppTest:
     at.session_state["usage_prices_editor"] = {"edited_rows": {1: row}, "added_rows": [],
                                                "deleted_rows": []}
     if rate is not None:
-        at.text_input(key="usage_rate").set_value(rate)
+        at.number_input(key="usage_rate").set_value(rate)
     return at.button(key="usage_prices_save").click().run()
 
 
@@ -78,45 +78,47 @@ def test_prices_in_force_are_listed_with_their_source_and_unknown_stays_empty(db
     table = at.data_editor(key="usage_prices_editor").value
     assert list(table["model"]) == ["gpt-4o-mini", "qwen-odd"]
     assert list(table.iloc[0][["input", "cached_input", "output", "currency", "source"]]) == [
-        "0.15", "0.075", "0.6", "USD", "catalog"]
-    assert list(table.iloc[1][["input", "output", "source"]]) == ["", "", "no price"]
+        0.15, 0.075, 0.6, "USD", "catalog"]
+    assert table.iloc[1][["input", "output"]].isna().all() and table.iloc[1]["source"] == \
+        "no price"
     assert any("No price known for: qwen-odd" in w.value for w in at.warning)
     ledger = at.dataframe[0].value
     assert ledger[ledger["model"] == "qwen-odd"]["cost_usd"].isna().all()
+    assert list(ledger[ledger["model"] == "qwen-odd"]["cost"]) == ["unknown"]
 
 
 def test_a_price_set_in_place_reprices_past_calls_only_on_request(db):
-    at = edit_prices(seeded_prices(db), {"input": "2", "output": "6", "currency": "CNY"},
-                     rate="8")
+    at = edit_prices(seeded_prices(db), {"input": 2.0, "output": 6.0, "currency": "CNY"},
+                     rate=8.0)
     assert not at.exception and not at.error
-    assert pricing.user_price("local", "Qwen", "qwen-odd") == pricing.Price(
+    assert pricing.own_price("Qwen", "qwen-odd") == pricing.Price(
         Decimal(2), Decimal(6), None, "CNY")
-    assert pricing.cny_per_usd("local") == Decimal(8)
+    assert pricing.cny_per_usd() == Decimal(8)
     assert "Cost of 1 calls; 1 without a price." in at.caption[0].value  # past calls kept
     assert at.data_editor(key="usage_prices_editor").value.iloc[1]["source"] == "yours"
     assert "1 prices saved." in at.success[0].value
     at.button(key="usage_reprice").click().run()
     assert "1 past calls re-priced." in at.success[0].value
     assert "Cost of 2 calls; 0 without a price." in at.caption[0].value  # 2 CNY / 8 = $0.25
-    assert "$0.2600" in [m.value for m in at.metric]
+    assert "$0.26" in [m.value for m in at.metric]
 
 
 @pytest.mark.parametrize(("row", "rate", "said"), [
-    ({"input": "-1", "output": "6"}, None, "A price cannot be negative (input)."),
-    ({"input": "two", "output": "6"}, None, "“two” is not a number (input)."),
-    ({"input": "2", "output": "99999999"}, None, "The output price is above 10,000"),
-    ({"input": "2", "output": "6"}, "0", "The conversion rate must be above 0."),
+    ({"input": -1.0, "output": 6.0}, None, "qwen-odd · Qwen: A price cannot be negative"),
+    ({"input": "1,5", "output": 6.0}, None, "qwen-odd · Qwen: The input price is missing."),
+    ({"input": 2.0, "output": 99999999.0}, None, "The output price is above 10,000"),
+    ({"input": 2.0, "output": 6.0}, 0.0, "The conversion rate must be above 0."),
 ])
 def test_bad_prices_get_a_sentence_and_nothing_is_saved(db, row, rate, said):
     at = edit_prices(seeded_prices(db), row, rate)
     assert not at.exception
     assert said in at.error[0].value and "Nothing was saved." in at.error[0].value
-    assert pricing.user_price("local", "Qwen", "qwen-odd") is None
-    assert pricing.cny_per_usd("local") == pricing.DEFAULT_CNY_PER_USD
+    assert pricing.own_price("Qwen", "qwen-odd") is None
+    assert pricing.cny_per_usd() == pricing.DEFAULT_CNY_PER_USD
 
 
 def test_the_chat_shows_what_to_do_when_the_hard_stop_refuses_a_call(db, openai_server):
-    budget.set_budget("local", "1", "USD", hard_stop=True, eng=db)
+    budget.set_budget(budget.DEPLOYMENT, "1", "USD", hard_stop=True, eng=db)
     add(db, user="local", cost=Decimal("2"))
     at = app()
     at.secrets["endpoints"] = [{"name": "Solo", "base_url": openai_server.url,
