@@ -55,8 +55,7 @@ class BudgetUnpriced(Refused):
     hint = "error.budget_unpriced"
 
     def __init__(self, endpoint: Endpoint, model: str) -> None:
-        super().__init__(f"hard stop set and {model} on {endpoint.name} has no price",
-                         endpoint=endpoint.name)
+        super().__init__(f"hard stop set and {model} on {endpoint.name} has no price")
 
 
 class BudgetUnavailable(Refused):

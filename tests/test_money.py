@@ -189,7 +189,7 @@ def test_an_unpriced_model_is_refused_with_a_hard_stop_and_told_how_to_price_it(
     assert len(openai_server.requests) == sent  # nothing went out
     assert call.status == "error" and call.error.hint == "error.budget_unpriced"
     said = t(call.error.hint, **call.error.context)
-    assert "“house-model” on gw has no price" in said
+    assert f"“house-model” ({endpoint.base_url}) has no price" in said
     assert "Usage → Prices" in said and "mark it free in Settings" in said
     [row] = call_rows(db)
     assert (row["status"], row["error_kind"], row["cost_usd"]) == ("error", "budget", 0)
