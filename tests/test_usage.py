@@ -17,7 +17,6 @@ from core.providers.base import Usage
 from tests.conftest import API_KEY
 from tests.fakes import FakeOpenAIServer
 
-
 GPT = make_endpoint("OpenAI", "openai", api_key="sk-x" * 4)
 
 
