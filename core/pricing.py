@@ -17,7 +17,7 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -316,8 +316,18 @@ def catalog_cost(endpoint: Endpoint, model: str, usage: Usage, at: datetime) -> 
     return None if result is None else Decimal(result.total_price)
 
 
+# The catalog's price of a model now, kept a minute: the hard stop asks it before every call.
+_listed: dict[tuple[str, str, str], tuple[float, Price | None]] = {}
+
+
 def catalog_price(endpoint: Endpoint, model: str, at: datetime | None = None) -> Price | None:
     """The catalog's price per million tokens for display, or None (unknown or tiered)."""
+    if at is None:
+        key, now = (endpoint.base_url, endpoint.preset, model), time.monotonic()
+        cached = _listed.get(key)
+        if cached is None or now - cached[0] >= PRICES_TTL_S:
+            cached = _listed[key] = (now, catalog_price(endpoint, model, datetime.now(UTC)))
+        return cached[1]
     result = _catalog(endpoint, model, genai_prices.Usage(input_tokens=1), at)
     if result is None:
         return None
