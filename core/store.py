@@ -432,12 +432,12 @@ def _lock(conn: Connection) -> None:
                 time.sleep(0.5)
         raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_lock(712_406_001)")
+        conn.exec_driver_sql("SELECT pg_advisory_lock(712406001)")
 
 
 def _unlock(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_unlock(712_406_001)")
+        conn.exec_driver_sql("SELECT pg_advisory_unlock(712406001)")
         conn.commit()
     elif conn.dialect.name == "sqlite":
         conn.rollback()  # no-op after the commit; releases the lock after an error
