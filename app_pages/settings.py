@@ -10,6 +10,7 @@ from core import connections, ui
 from core.config import PRESETS, ConfigError, make_endpoint
 from core.i18n import t
 from core.providers import ProviderError
+from core.ui import usage as usage_ui
 
 admin = ui.allowed("see_connection_details")
 endpoints, problems = ui.endpoints()
@@ -65,6 +66,8 @@ for endpoint in endpoints:
                                icon=":material/check_circle:")
                 if found.models:
                     st.caption(", ".join(found.models[:50]))
+        with right:
+            usage_ui.pricing_control(endpoint)
         if endpoint.source == "session" and right.button(
             t("settings.remove"), key=f"remove_{endpoint.name}", icon=":material/delete:"
         ):

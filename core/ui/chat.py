@@ -18,7 +18,7 @@ import streamlit as st
 from sqlalchemy import select
 
 from core import conversations as convs
-from core import store
+from core import money, store
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
@@ -346,10 +346,7 @@ def _meta(model: str, tokens_in: int, tokens_out: int, estimated: bool, ttft: fl
         parts.append(t("meta.ttft", s=f"{ttft:.2f}"))
     if speed:
         parts.append(t("meta.speed", v=f"{speed:.1f}"))
-    if cost is None:
-        parts.append(t("meta.cost_unknown"))
-    else:
-        parts.append(t("meta.free") if cost == 0 else f"${cost:.6f}")
+    parts.append(t("meta.cost", cost=money.cost(cost, money.view(current_user()))))
     return " · ".join(parts)
 
 
