@@ -75,9 +75,9 @@ def ensure_browser() -> None:
 
 
 def app(args: list[str]) -> int:
-    """Start OwnGPT in the browser."""
+    """Start OwnGPT in the browser (app.py: streamlit_app.py with the remember-me routes)."""
     ensure_venv("requirements.txt")
-    return run(PYTHON, "-m", "streamlit", "run", "streamlit_app.py", *args, check=False)
+    return run(PYTHON, "-m", "streamlit", "run", "app.py", *args, check=False)
 
 
 def test(args: list[str]) -> int:

@@ -1,7 +1,9 @@
 """OwnGPT: chat with, compare and account for the models you choose.
 
 Page scripts live in app_pages/, not pages/: Streamlit still serves a pages/ folder as
-old-style pages, so a first visit straight to /settings would skip this entry script.
+old-style pages, so a first visit straight to /settings would skip this entry script, and
+with it the gate below. `streamlit run app.py` serves this same script with the routes that
+let a signed-in browser be remembered.
 """
 
 import streamlit as st
@@ -11,6 +13,9 @@ from core.i18n import t
 
 st.set_page_config(page_title="OwnGPT", page_icon="💬", layout="wide")
 ui.setup_language()
+# THE gate, before anything else is drawn or any page runs: on a deployment with a password
+# the run ends here at the password box until this session has signed in.
+viewer = ui.gate()
 ui.database_banner()
 ui.mark_interrupted_calls()  # once per process: calls a killed process left running
 
@@ -36,5 +41,7 @@ pages = [
     st.Page(chat_alias, title=t("nav.chat"), url_path="chat", visibility="hidden"),
 ]
 page = st.navigation(pages)
+ui.return_to_address(pages, page)
 ui.language_switch()
+ui.account(viewer)
 page.run()

@@ -1,4 +1,8 @@
-"""Connections: what is configured, does it answer, and adding one for this session."""
+"""Connections: what is configured, does it answer, and adding one for this session.
+
+On a gated deployment a visitor sees only the names and kinds of the connections; testing,
+pulling and adding are the admin's (each is checked again where it happens).
+"""
 
 import streamlit as st
 
@@ -6,7 +10,9 @@ from core import connections, ui
 from core.config import PRESETS, ConfigError, make_endpoint
 from core.i18n import t
 from core.providers import ProviderError
+from core.ui import usage as usage_ui
 
+admin = ui.allowed("see_connection_details")
 endpoints, problems = ui.endpoints()
 # After an endpoint is added the page reruns: the list shows it, and the typed key is wiped
 # from the form (it lives on only inside the session's endpoint).
@@ -27,8 +33,8 @@ else:
             {
                 t("settings.col_name"): e.name,
                 t("settings.col_kind"): PRESETS[e.preset].label,
-                t("settings.col_url"): e.shown_url,
-                t("settings.col_key"): e.masked_key,
+                **({t("settings.col_url"): e.shown_url, t("settings.col_key"): e.masked_key}
+                   if admin else {}),
                 t("settings.col_source"): t(f"source.{e.source}"),
             }
             for e in endpoints
@@ -36,6 +42,9 @@ else:
         hide_index=True,
         width="stretch",
     )
+if not admin:
+    ui.admin_sign_in()
+    st.stop()
 
 for endpoint in endpoints:
     with st.expander(f"{ui.literal(endpoint.name)} · {ui.literal(endpoint.shown_url)}",
@@ -43,6 +52,7 @@ for endpoint in endpoints:
         left, right = st.columns([1, 1])
         if left.button(t("settings.test"), key=f"test_{endpoint.name}",
                        icon=":material/network_check:"):
+            ui.require("test_connection")
             try:
                 found = connections.check(endpoint)
             except ProviderError as err:
@@ -57,9 +67,12 @@ for endpoint in endpoints:
                                icon=":material/check_circle:")
                 if found.models:
                     st.caption(", ".join(ui.literal(m) for m in found.models[:50]))
+        with right:
+            usage_ui.pricing_control(endpoint)
         if endpoint.source == "session" and right.button(
             t("settings.remove"), key=f"remove_{endpoint.name}", icon=":material/delete:"
         ):
+            ui.require("add_connection")
             ui.remove_session_endpoint(endpoint.name)
             st.rerun()
         if connections.can_pull(endpoint):
@@ -70,6 +83,7 @@ for endpoint in endpoints:
                 pull = st.form_submit_button(t("settings.pull"), icon=":material/download:",
                                              key=f"pull_{endpoint.name}")
             if pull and name.strip():
+                ui.require("pull_model")
                 bar = st.progress(0.0, text=t("settings.pull_start", model=name.strip()))
                 try:
                     for step in connections.pull(endpoint, name):
@@ -105,6 +119,7 @@ with st.form("add_endpoint", clear_on_submit=False):
                           help=t("settings.proxy_help"))
     added = st.form_submit_button(t("settings.add_button"), icon=":material/add:", type="primary")
 if added:
+    ui.require("add_connection")
     try:
         endpoint = make_endpoint(name, preset_id, base_url=base_url, api_key=api_key,
                                  api_version=api_version, models=models.split(","),

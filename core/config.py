@@ -114,6 +114,9 @@ class Endpoint:
     default_model: str | None = None  # chosen when the user has not picked one yet
     proxy: str | None = None  # http(s):// or socks5:// for this endpoint only
     pricing: str = "auto"  # auto, free, catalog or own: how its calls are priced
+    # A session endpoint's own adapter (`providers.provider_for`): held by the endpoint, which
+    # lives in one session's state, so a key typed in Settings goes when the session does.
+    held: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def masked_key(self) -> str:

@@ -18,7 +18,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -256,15 +256,17 @@ class Call:
         return self._eng or store.engine()
 
     def _price(self) -> None:
-        usage = self._usage or Usage()
+        usage, reply = self._usage or Usage(), self.reply
+        if pricing.never_reached(self.error, reply.usage, bool(reply.text or reply.reasoning)):
+            self.cost = Decimal(0)  # the model never read the request: nothing was billed
+            return
         try:
-            cost = pricing.cost(self.endpoint, self.model, usage, self.started_at,
-                                user_id=self.user_id, eng=self._eng)
-            server_model = self.reply.server_model
+            cost = pricing.cost(self.endpoint, self.model, usage, self.started_at, eng=self._eng)
+            server_model = reply.server_model
             if cost is None and server_model and server_model != self.model:
                 # An Azure deployment or an alias: the model the server names has a price.
                 cost = pricing.cost(self.endpoint, server_model, usage, self.started_at,
-                                    user_id=self.user_id, eng=self._eng)
+                                    eng=self._eng)
             self.cost = cost
         except Exception:  # a pricing failure must not lose the row
             log.exception("pricing failed for %s", self.model)
@@ -272,13 +274,11 @@ class Call:
     def _admit(self) -> ProviderError | None:
         """None when the call may go out; else why it is refused (the budget's hard stop)."""
         try:
-            budget.enforce(self.user_id, eng=self._engine())
-        except (budget.BudgetExceeded, budget.BudgetUnavailable) as exc:
-            hint = ("error.budget" if isinstance(exc, budget.BudgetExceeded)
-                    else "error.budget_unavailable")
+            budget.enforce(self.user_id, self.endpoint, self.model, eng=self._engine())
+        except budget.Refused as exc:
             # No detail: the server said nothing, the sentence says what to do.
-            return ProviderError(ErrorKind.BUDGET, hint=hint, model=self.model,
-                                 url=self.endpoint.base_url)
+            return ProviderError(ErrorKind.BUDGET, hint=exc.hint, model=self.model,
+                                 url=self.endpoint.base_url, **exc.context)
         return None
 
     def _refused_row(self) -> None:
@@ -418,13 +418,16 @@ def _beat(eng: Engine | None, rows: list[dict[str, Any]]) -> None:
                     exc_info=True)
 
 
-def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_AFTER_S) -> int:
+def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_AFTER_S,
+                     endpoints: Iterable[Endpoint] = ()) -> int:
     """Turn running rows whose heartbeat stopped `stale_after_s` ago into `interrupted`.
 
     Their process died mid-call (a redeploy, a kill, a sleeping Cloud app): the row keeps the
-    input tokens and the output it had at its last heartbeat, which is also when it ended.
-    A live call, of this process or another on the same database, beats every few seconds
-    and is never marked. Returns how many rows were marked.
+    input tokens and the output it had at its last heartbeat, which is also when it ended,
+    and is priced with them (estimated, flagged) like a stopped call; `endpoints` are the
+    configured ones, whose pricing modes apply. A live call, of this process or another on
+    the same database, beats every few seconds and is never marked. Returns how many rows
+    were marked.
     """
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
     last_seen = func.coalesce(_calls.c.heartbeat_at, _calls.c.started_at)
@@ -432,6 +435,15 @@ def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_
         _calls.update()
         .where(_calls.c.status == "running", last_seen < cutoff)
         .values(status="interrupted", ended_at=last_seen)
+        .returning(*_PRICED)
     )
     with (eng or store.engine()).begin() as conn:
-        return conn.execute(statement).rowcount
+        rows = conn.execute(statement).all()
+        pricing.price_logged(conn, rows, {e.name: e for e in endpoints}, eng=eng)
+    return len(rows)
+
+
+# What pricing a logged row needs (core.pricing.price_logged).
+_PRICED = (_calls.c.id, _calls.c.endpoint, _calls.c.provider, _calls.c.base_url, _calls.c.model,
+           _calls.c.server_model, _calls.c.started_at, _calls.c.input_tokens,
+           _calls.c.cached_input_tokens, _calls.c.output_tokens, _calls.c.reasoning_tokens)

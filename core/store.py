@@ -85,6 +85,9 @@ calls = Table(
     Index("ix_calls_user_rollup", "user_id", "started_at", "endpoint", "model", "source",
           "status", "comparison_id", "input_tokens", "cached_input_tokens", "output_tokens",
           "reasoning_tokens", "cost_usd", "ttft_s", "total_s"),
+    # The deployment's month for the budget's hard stop: every user's spend and unpriced calls
+    # read from the index alone (core.budget).
+    Index("ix_calls_started_cost", "started_at", "status", "cost_usd"),
 )
 
 # The call log summed per UTC hour, endpoint and model, for hours that are over: the usage
@@ -120,19 +123,48 @@ def forget_rollup(conn: Any, user_id: str) -> None:
     conn.execute(calls_rolled.delete().where(calls_rolled.c.user_id == user_id))
 
 
-# Prices a user set for a model (per million tokens), taking precedence over genai-prices.
+# The deployment's own prices for a model (per million tokens): one bill, one price table. They
+# come before genai-prices and the repo's vendor table (core/pricing.py).
 prices = Table(
     "prices",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("user_id", String(200), nullable=False),
     Column("endpoint", String(200), nullable=False),  # "*" for any endpoint
     Column("model", String(200), nullable=False),
     Column("input_per_mtok", Numeric(18, 8), nullable=False),
     Column("cached_input_per_mtok", Numeric(18, 8)),
     Column("output_per_mtok", Numeric(18, 8), nullable=False),
     Column("currency", String(3), nullable=False, default="USD"),  # USD or CNY, as the vendor
-    UniqueConstraint("user_id", "endpoint", "model"),
+    UniqueConstraint("endpoint", "model"),
+)
+
+# Monthly budgets: user_id "*" is the deployment's (the owner's cap on the one bill), any other
+# is that person's own cap. Every hard-stop check reads both (core/budget.py).
+DEPLOYMENT = "*"
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("user_id", String(200), primary_key=True),
+    Column("amount", Numeric(18, 8), nullable=False),
+    Column("currency", String(3), nullable=False),  # USD or CNY: the budget keeps its own
+    Column("hard_stop", Boolean, nullable=False, default=False),
+)
+
+# Settings of the deployment as a whole, such as the CNY rate (name -> JSON value).
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", JSON),
+)
+
+# How an endpoint's calls are priced, set in Settings (core.pricing.PRICING_MODES); an endpoint
+# from secrets keeps the `pricing` written there.
+endpoint_pricing = Table(
+    "endpoint_pricing",
+    metadata,
+    Column("endpoint", String(200), primary_key=True),  # the endpoint's name
+    Column("mode", String(20), nullable=False),
 )
 
 # Small per-user choices the app remembers, such as the model used last.
@@ -400,12 +432,12 @@ def _lock(conn: Connection) -> None:
                 time.sleep(0.5)
         raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_lock(712_406_001)")
+        conn.exec_driver_sql("SELECT pg_advisory_lock(712406001)")
 
 
 def _unlock(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_unlock(712_406_001)")
+        conn.exec_driver_sql("SELECT pg_advisory_unlock(712406001)")
         conn.commit()
     elif conn.dialect.name == "sqlite":
         conn.rollback()  # no-op after the commit; releases the lock after an error

@@ -21,7 +21,7 @@ import pandas as pd
 from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from core import pricing, store
+from core import config, pricing, store
 
 log = logging.getLogger(__name__)
 c = store.calls.c
@@ -534,42 +534,69 @@ def export_parquet(user_id: str, f: Filters, tz: ZoneInfo, *,
 PRICE_COLUMNS = ("endpoint", "model", "input", "cached_input", "output", "currency", "source")
 
 
-def prices_in_force(user_id: str, seen: pd.DataFrame, configured: dict[str, Any], *,
-                    eng: Engine | None = None) -> pd.DataFrame:
-    """The price a new call of each (endpoint, model) seen would be charged, per 1M tokens.
+def priced_models(seen: pd.DataFrame | None, configured: list[Any]) -> pd.DataFrame:
+    """The (endpoint, model, provider, base_url) pairs the Prices tab lists: those in the log
+    (`seen`, None before the first call), then each configured endpoint's models (its list, its
+    preset's defaults, its default model), so a price can be set before the first call."""
+    rows = [] if seen is None else [
+        tuple(r) for r in seen[["endpoint", "model", "provider", "base_url"]]
+        .itertuples(index=False)]
+    for e in configured:
+        preset = config.PRESETS.get(e.preset)
+        models = [*e.models, *(preset.default_models if preset else ()),
+                  *([e.default_model] if e.default_model else [])]
+        rows += [(e.name, m, e.kind, e.base_url) for m in models]
+    return pd.DataFrame(rows, columns=["endpoint", "model", "provider", "base_url"]) \
+        .drop_duplicates(["endpoint", "model"])
 
-    `seen` has the facets' columns (endpoint, model, provider, base_url); `configured` maps
-    endpoint names to the configured Endpoint (a row's own URL stands in for one removed since).
-    Prices are strings as a user types them; a model without a price has empty prices and the
-    source "none".
+
+def prices_in_force(seen: pd.DataFrame, configured: dict[str, Any], *,
+                    eng: Engine | None = None) -> pd.DataFrame:
+    """The price a new call of each (endpoint, model) would be charged, per 1M tokens.
+
+    `seen` has the columns endpoint, model, provider, base_url; `configured` maps endpoint
+    names to the configured Endpoint (a row's own URL stands in for one removed since). Prices
+    are numbers (None where there is none); `source` is where the price comes from (yours,
+    catalog, vendor, free, none) and `vendor` the vendor table's entry behind a vendor price.
     """
     rows = []
     for r in seen.drop_duplicates(["endpoint", "model"]).itertuples():
         endpoint = pricing.endpoint_from_log(r.endpoint, r.provider, r.base_url, configured)
-        price, source = pricing.price_in_force(endpoint, r.model, user_id=user_id, eng=eng)
+        price, source = pricing.price_in_force(endpoint, r.model, eng=eng)
 
-        def text(value: Any) -> str:
-            return "" if value is None else f"{value.normalize():f}"
+        def number(value: Any) -> float | None:
+            return None if value is None else float(value)
 
-        rows.append((r.endpoint, r.model, text(price and price.input),
-                     text(price and price.cached_input), text(price and price.output),
-                     price.currency if price else "USD", source))
-    return pd.DataFrame(rows, columns=list(PRICE_COLUMNS)).sort_values(
-        ["endpoint", "model"], ignore_index=True)
+        rows.append((r.endpoint, r.model, number(price and price.input),
+                     number(price and price.cached_input), number(price and price.output),
+                     price.currency if price else "USD", source,
+                     pricing.vendor_price(endpoint, r.model) if source == "vendor" else None))
+    table = pd.DataFrame(rows, columns=[*PRICE_COLUMNS, "vendor"])
+    for name in ("input", "cached_input", "output"):
+        table[name] = table[name].astype("float64")
+    return table.sort_values(["endpoint", "model"], ignore_index=True)
+
+
+def _cell(value: Any) -> Any:
+    # An edited cell compared with its old value: NaN, None and "" are all "empty".
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.strip() or None if isinstance(value, str) else value
 
 
 def changed_prices(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[str, str, Any]]:
-    """The rows a user edited, checked: [(endpoint, model, Price)]; PriceError on a bad one.
+    """The rows a user edited, checked: [(endpoint, model, Price)]; PriceError on a bad one
+    (its context names the row).
 
     All rows are checked before any is returned, so one bad cell saves nothing.
     """
     found = []
     keys = ["input", "cached_input", "output", "currency"]
     for (_, old), (_, new) in zip(before.iterrows(), after.iterrows(), strict=True):
-        if [str(old[k] or "") for k in keys] == [str(new[k] if new[k] is not None else "")
-                                                 for k in keys]:
+        if [_cell(old[k]) for k in keys] == [_cell(new[k]) for k in keys]:
             continue
         found.append((new["endpoint"], new["model"],
                       pricing.parse_price(new["input"], new["cached_input"], new["output"],
-                                          new["currency"])))
+                                          new["currency"],
+                                          row=f"{new['model']} · {new['endpoint']}")))
     return found

@@ -9,12 +9,13 @@ from streamlit.testing.v1 import AppTest
 
 from core import config
 from tests.conftest import API_KEY, call_rows
+from tests.timing import WAIT_S
 
 ENTRY = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
 def app(lang: str = "en") -> AppTest:
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = lang
     return at
 

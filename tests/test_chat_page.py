@@ -13,6 +13,7 @@ from core.ui import chat as chat_ui
 from core.ui.conversations import import_file
 from tests.conftest import API_KEY, call_rows
 from tests.test_app import ENTRY, screen_text
+from tests.timing import WAIT_S
 
 MODEL_BOX = "chat_model_OpenAI-compatible"
 
@@ -25,7 +26,7 @@ def fake_openai(monkeypatch, openai_server):
 
 
 def app(lang: str = "en", c: str | None = None) -> AppTest:
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = lang
     if c is not None:
         at.query_params["c"] = c

@@ -15,6 +15,7 @@ from core.metering import Call
 from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY
+from tests.timing import WAIT_S
 
 TWO = [Pane("OpenAI", "gpt-4o-mini"), Pane("Local", "llama3.2")]
 
@@ -97,14 +98,14 @@ def test_answers_saved_from_many_threads_at_once_all_land(db):
     barrier = threading.Barrier(4)
 
     def save(pos):
-        barrier.wait(timeout=10)
+        barrier.wait(timeout=WAIT_S)
         compare.save_answer(cid, turn, pos, text=f"pane {pos}", status="ok")
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
     for th in threads:
         th.start()
     for th in threads:
-        th.join(timeout=10)
+        th.join(timeout=WAIT_S)
     answers = compare.load("ana", cid).turns[0].answers
     assert [(a.text, a.status) for a in answers] == [(f"pane {i}", "ok") for i in range(4)]
 
@@ -121,7 +122,7 @@ def test_one_run_saves_each_panes_answer_from_its_worker(db, openai_server):
                   source="compare", comparison_id=cid) for pos, ep in enumerate((good, bad))]
     position = {id(c): pos for pos, c in enumerate(calls)}
     run = Run(calls, on_end=lambda call: compare.save_call(cid, turn, position[id(call)], call))
-    assert run.start().wait(timeout=30), "the run did not finish in 30 s"
+    assert run.start().wait(timeout=WAIT_S), "the run did not finish"
     a, b = compare.load("ana", cid).turns[0].answers
     assert a.status == "ok" and a.text and a.call_id is not None
     assert (b.status, b.error_kind) == ("error", "auth") and b.text == ""

@@ -15,6 +15,7 @@ from core.i18n import catalog, set_language, t
 from core.providers import Message, Params
 from core.providers.base import estimate_tokens
 from tests.conftest import API_KEY
+from tests.timing import WAIT_S
 
 ME, OTHER = "alice@example.com", "bob@example.com"
 
@@ -244,7 +245,7 @@ def test_a_reply_saved_from_a_worker_thread_lands_and_is_not_duplicated(db):
     worker = threading.Thread(target=lambda: saved.append(
         cv.save_reply(ME, conv.id, partial, parent_id=question.id)))
     worker.start()
-    worker.join(timeout=10)
+    worker.join(timeout=WAIT_S)
     assert not worker.is_alive()
     again = cv.save_reply(ME, conv.id, partial, parent_id=question.id, eng=db)
     assert again.id == saved[0].id
@@ -270,7 +271,7 @@ def test_replies_saved_by_many_workers_at_once_all_land(db):
     for w in workers:
         w.start()
     for w in workers:
-        w.join(timeout=20)
+        w.join(timeout=WAIT_S)
     assert errors == [] and not any(w.is_alive() for w in workers)
     assert message_count(db) == 16 + len(questions)
     assert cv.get(ME, conv.id, eng=db).seq == conv.seq + len(questions)

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
 from tests.fakes.common import THINKING_TEXT, reply_tokens
+from tests.timing import NEVER_S, WAIT_S, wait_until
 
 SLOW = 0.3
 USER = [{"role": "user", "content": "hello fake world"}]
@@ -366,7 +367,7 @@ def test_ollama_slow_first_token(oll: FakeOllamaServer) -> None:
 
 @pytest.mark.parametrize("cls", [FakeOpenAIServer, FakeOllamaServer])
 def test_stop_does_not_hang_during_slow_stream(cls: type) -> None:
-    srv = cls(slow_first_token=60).start()
+    srv = cls(slow_first_token=NEVER_S).start()
     base = srv.url + ("/chat/completions" if cls is FakeOpenAIServer else "/api/chat")
     body = {"model": "fault-slow", "messages": USER, "stream": True}
     errors: list[BaseException] = []
@@ -380,12 +381,13 @@ def test_stop_does_not_hang_during_slow_stream(cls: type) -> None:
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.2)
-    start = time.monotonic()
-    srv.stop()
-    assert time.monotonic() - start < 2
-    thread.join(5)
-    assert not thread.is_alive()
+    wait_until(lambda: srv.requests, what="the request to arrive")
+    # The first token is due long after any deadline here: stop() must cut the wait short.
+    stopping = threading.Thread(target=srv.stop)
+    stopping.start()
+    stopping.join(WAIT_S)
+    thread.join(WAIT_S)
+    assert not stopping.is_alive() and not thread.is_alive()
 
 
 def test_standalone_cli() -> None:
@@ -411,7 +413,7 @@ def test_standalone_cli() -> None:
         assert httpx.get(ollama_url.group(1) + "/api/tags").status_code == 200
     finally:
         proc.terminate()
-        proc.wait(5)
+        proc.wait(WAIT_S)
 
 
 # -- clean early ends, empty answers, hang-ups -------------------------------------------
@@ -484,7 +486,7 @@ def test_ollama_429_with_retry_after(oll: FakeOllamaServer) -> None:
 @pytest.mark.parametrize("cls", [FakeOpenAIServer, FakeOllamaServer])
 def test_the_fake_sees_a_client_hang_up(cls: type) -> None:
     """While it waits for the first token and while it streams; not after a full answer."""
-    with cls(slow_first_token=30, rate=200, tokens=10_000) as srv:
+    with cls(slow_first_token=NEVER_S, rate=200, tokens=int(NEVER_S * 200)) as srv:
         path = "/chat/completions" if cls is FakeOpenAIServer else "/api/chat"
         headers = {"Authorization": "Bearer sk-test"}
         srv.rate = 0  # a whole answer, at full speed
@@ -501,10 +503,10 @@ def test_the_fake_sees_a_client_hang_up(cls: type) -> None:
               httpx.stream("POST", srv.url + path, json=body, headers=headers,
                            timeout=0.2) as r):
             r.read()  # Ollama waits before its headers, OpenAI after them
-        assert srv.wait_for_hangups(1, timeout=2.0)
+        assert srv.wait_for_hangups(1, timeout=WAIT_S)
         body = {"model": "fault-reasoning", "messages": USER, "stream": True}
         with httpx.stream("POST", srv.url + path, json=body, headers=headers) as r:
             next(r.iter_bytes())  # one token, then close mid-stream
-        assert srv.wait_for_hangups(2, timeout=2.0)
+        assert srv.wait_for_hangups(2, timeout=WAIT_S)
         assert [p for _, p in srv.hangups] == [path if cls is FakeOllamaServer
                                                else "/v1" + path] * 2

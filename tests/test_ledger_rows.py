@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 from core import metering, store
 from core.config import make_endpoint
 from core.metering import Call, mark_interrupted
-from core.pricing import Price, set_user_price
+from core.pricing import Price, set_price
 from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
@@ -162,7 +162,7 @@ def test_a_process_killed_mid_answer_leaves_one_interrupted_row(db, streaming_se
 
 
 def test_a_stopped_answer_is_counted_and_priced(db, streaming_server):
-    set_user_price("ana", "*", "gpt-4o-mini", Price(Decimal(1), Decimal(2)))
+    set_price("*", "gpt-4o-mini", Price(Decimal(1), Decimal(2)))
     call = Call(endpoint(streaming_server), "gpt-4o-mini", HELLO, user_id="ana")
     run = Run([call]).start()
     wait_until(lambda: len(call.text) > 40, what="part of the answer")

@@ -11,9 +11,11 @@ from sqlalchemy import select
 from core import store
 from core.config import make_endpoint
 from core.metering import Call
-from core.pricing import Price, cost, set_user_price
+from core.pricing import Price, cost, set_price
 from core.providers import Message, Params, ProviderError, Usage
 from tests.conftest import API_KEY, call_rows
+from tests.fakes import FakeOpenAIServer
+from tests.timing import NEVER_S, WAIT_S, wait_until
 
 HELLO = [Message("user", "Hello")]
 
@@ -48,10 +50,15 @@ def test_a_stream_dying_mid_answer_keeps_the_partial_in_the_log(db, openai_serve
     assert row["output_chars"] == len(call.text) > 0
 
 
-def test_stop_from_another_thread_during_a_slow_first_token(db, openai_server):
-    call = Call(endpoint(openai_server), "fault-slow", HELLO, user_id="ana")
-    threading.Timer(0.3, call.stop).start()
-    call.run_sync(timeout=10)
+def test_stop_from_another_thread_during_a_slow_first_token(db):
+    with FakeOpenAIServer(api_key=API_KEY, slow_first_token=NEVER_S) as server:
+        call = Call(endpoint(server), "fault-slow", HELLO, user_id="ana")
+        caller = threading.Thread(target=call.run_sync, kwargs={"timeout": WAIT_S})
+        caller.start()
+        wait_until(lambda: server.requests, what="the request to arrive")
+        call.stop()  # the first token would never come: only the stop ends this call
+        caller.join(WAIT_S)
+        assert not caller.is_alive()
     [row] = call_rows(db)
     assert row["status"] == "stopped" and row["error_kind"] is None
 
@@ -80,15 +87,14 @@ def test_ollama_calls_are_logged_too(db, ollama_server):
         ("ok", None, "ollama"), ("error", "model_not_found", "ollama")]
 
 
-def test_prices_user_override_then_catalog_then_unknown(db):
+def test_prices_deployment_override_then_catalog_then_unknown(db):
     usage = Usage(input_tokens=1_000, cached_input_tokens=200, output_tokens=500)
     now = datetime.now(UTC)
     openai = make_endpoint("OpenAI", "openai", api_key="sk-x" * 4)
-    assert cost(openai, "gpt-4o-mini", usage, now, user_id="ana") == Decimal("0.000435")
-    assert cost(openai, "no-such-model", usage, now, user_id="ana") is None  # unknown, not 0
-    set_user_price("ana", "*", "no-such-model", Price(Decimal(1), Decimal(2)))
-    assert cost(openai, "no-such-model", usage, now, user_id="ana") == Decimal("0.002")
-    assert cost(openai, "no-such-model", usage, now, user_id="bo") is None  # prices are per user
+    assert cost(openai, "gpt-4o-mini", usage, now) == Decimal("0.000435")
+    assert cost(openai, "no-such-model", usage, now) is None  # unknown, not 0
+    set_price("*", "no-such-model", Price(Decimal(1), Decimal(2)))
+    assert cost(openai, "no-such-model", usage, now) == Decimal("0.002")  # for every user
     local = make_endpoint("vLLM", "custom", base_url="http://127.0.0.1:8000")
-    assert cost(local, "gpt-4o-mini", usage, now, user_id="ana") == Decimal("0.000435")
-    assert cost(local, "my-own-model", usage, now, user_id="ana") == 0
+    assert cost(local, "gpt-4o-mini", usage, now) == Decimal("0.000435")
+    assert cost(local, "my-own-model", usage, now) == 0

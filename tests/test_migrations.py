@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from core import store
+from tests.timing import WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = "bd0679a"  # the commit whose create_all made the databases users have today
@@ -81,9 +82,10 @@ def test_old_database_upgraded_keeps_every_row(tmp_path: Path) -> None:
             assert first[key] == value, key
     assert calls[1]["user_id"] == "bob" and calls[1]["cost_usd"] is None
     assert first["comparison_id"] is None and first["heartbeat_at"] is None
-    assert prices == [dict(id=1, user_id="alice@example.com", endpoint="*", model="m",
-                           input_per_mtok=Decimal("1.5"), cached_input_per_mtok=None,
-                           output_per_mtok=Decimal("6"), currency="USD")]
+    # Prices belong to the deployment since 0006: alice's one price is the deployment's.
+    assert prices == [dict(id=1, endpoint="*", model="m", input_per_mtok=Decimal("1.5"),
+                           cached_input_per_mtok=None, output_per_mtok=Decimal("6"),
+                           currency="USD")]
     assert store.get_preference("bob", "last_model", eng=eng) == {"model": "llama3"}
     # The migrated table takes the new statuses and the upsert's unique key still holds.
     store.set_preference("bob", "last_model", {"model": "qwen3"}, eng=eng)
@@ -133,7 +135,7 @@ def test_two_processes_start_at_once_on_an_old_database(tmp_path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", PROCESS, url, start], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outs = [p.communicate(timeout=60) for p in procs]
+    outs = [p.communicate(timeout=WAIT_S) for p in procs]
     for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert out.split() == ["2", store.head()]
@@ -144,3 +146,95 @@ def test_two_processes_start_at_once_on_an_old_database(tmp_path: Path) -> None:
     with eng.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(store.calls)).scalar() == 2
         assert compare_metadata(MigrationContext.configure(conn), store.metadata) == []
+
+
+def at_0005(path: Path) -> sa.Engine:
+    """An old database brought to 0005 only: the per-user prices, rates and budgets of then."""
+    from alembic import command
+
+    make_old_db(path)
+    eng = sa.create_engine(f"sqlite:///{path}")
+    with eng.connect() as conn:
+        command.stamp(store._alembic_config(conn), "0001")
+        command.upgrade(store._alembic_config(conn), "0005")
+        conn.commit()
+    return eng
+
+
+def test_0006_moves_two_users_prices_rates_and_budgets_into_the_deployment(tmp_path):
+    path = tmp_path / "two.sqlite3"
+    eng = at_0005(path)
+    p = sa.table("prices", *(sa.column(n) for n in (
+        "user_id", "endpoint", "model", "input_per_mtok", "cached_input_per_mtok",
+        "output_per_mtok", "currency")))
+    prefs = sa.table("preferences", sa.column("user_id"), sa.column("name"),
+                     sa.column("value", sa.JSON))
+    with eng.begin() as conn:
+        conn.execute(p.delete())
+        conn.execute(p.insert(), [
+            # Both priced gpt-x: bob's is dearer (8 CNY = $1.00 at his rate of 8 vs $0.50).
+            dict(user_id="alice@example.com", endpoint="*", model="gpt-x", input_per_mtok=0.25,
+                 cached_input_per_mtok=None, output_per_mtok=0.25, currency="USD"),
+            dict(user_id="bob", endpoint="*", model="gpt-x", input_per_mtok=4,
+                 cached_input_per_mtok=None, output_per_mtok=4, currency="CNY"),
+            # Only alice priced qwen-odd, only bob local-m: both kept.
+            dict(user_id="alice@example.com", endpoint="Qwen", model="qwen-odd",
+                 input_per_mtok=2, cached_input_per_mtok=1, output_per_mtok=6, currency="CNY"),
+            dict(user_id="bob", endpoint="Box", model="local-m", input_per_mtok=0.1,
+                 cached_input_per_mtok=None, output_per_mtok=0.2, currency="USD"),
+        ])
+        conn.execute(prefs.insert(), [
+            dict(user_id="bob", name="cny_per_usd", value="8"),
+            dict(user_id="alice@example.com", name="budget",
+                 value={"amount": "20000", "currency": "CNY", "hard_stop": True}),
+            dict(user_id="bob", name="budget",
+                 value={"amount": "5", "currency": "USD", "hard_stop": False}),
+        ])
+    eng.dispose()
+
+    migrated = store.engine(f"sqlite:///{path}")
+    with migrated.connect() as conn:
+        rows = conn.execute(sa.select(store.prices.c.endpoint, store.prices.c.model,
+                                      store.prices.c.input_per_mtok, store.prices.c.currency)
+                            .order_by(store.prices.c.model)).all()
+        budgets = conn.execute(sa.select(store.budgets).order_by(store.budgets.c.user_id)).all()
+        left = conn.execute(sa.select(store.preferences.c.name)).scalars().all()
+        assert compare_metadata(MigrationContext.configure(conn), store.metadata) == []
+    assert [tuple(r) for r in rows] == [
+        ("*", "gpt-x", Decimal(4), "CNY"),  # the dearer of the two, in its own currency
+        ("Box", "local-m", Decimal("0.1"), "USD"),
+        ("Qwen", "qwen-odd", Decimal(2), "CNY"),
+    ]
+    # No "local" user here: each person's budget became their own cap, none the deployment's.
+    assert [(b.user_id, b.amount, b.currency, b.hard_stop) for b in budgets] == [
+        ("alice@example.com", Decimal(20000), "CNY", True), ("bob", Decimal(5), "USD", False)]
+    assert "budget" not in left and "cny_per_usd" not in left and "last_model" in left
+    from core import pricing
+
+    assert pricing.cny_per_usd(eng=migrated) == Decimal(8)
+
+
+def test_0006_gives_the_owner_s_budget_and_prices_to_the_deployment(tmp_path):
+    path = tmp_path / "owner.sqlite3"
+    eng = at_0005(path)
+    p = sa.table("prices", *(sa.column(n) for n in (
+        "user_id", "endpoint", "model", "input_per_mtok", "output_per_mtok", "currency")))
+    prefs = sa.table("preferences", sa.column("user_id"), sa.column("name"),
+                     sa.column("value", sa.JSON))
+    with eng.begin() as conn:
+        conn.execute(p.insert(), [  # "m" of alice is in the old database already
+            dict(user_id="local", endpoint="*", model="m", input_per_mtok=0.5,
+                 output_per_mtok=1, currency="USD")])
+        conn.execute(prefs.insert(), [
+            dict(user_id="local", name="budget",
+                 value={"amount": "1000", "currency": "CNY", "hard_stop": True}),
+            dict(user_id="local", name="cny_per_usd", value="7.2"),
+            dict(user_id="ana", name="cny_per_usd", value="9")])
+    eng.dispose()
+    from core import budget, pricing
+
+    migrated = store.engine(f"sqlite:///{path}")
+    assert budget.get_budget(eng=migrated) == budget.Budget(Decimal(1000), "CNY", True)
+    assert pricing.own_price("any", "m", eng=migrated) == pricing.Price(Decimal("0.5"),
+                                                                        Decimal(1))
+    assert pricing.cny_per_usd(eng=migrated) == Decimal("7.2")

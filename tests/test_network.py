@@ -13,6 +13,7 @@ from core.providers.network import proxy_for
 from core.providers.openai_adapter import OpenAIProvider
 from tests.conftest import API_KEY
 from tests.fakes.proxy import FakeProxy
+from tests.timing import WAIT_S
 
 HELLO = [Message("user", "through the proxy")]
 PROXY_VARS = ("ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
@@ -35,7 +36,7 @@ def drain(reply) -> str:
     async def collect():
         return "".join([d async for d in reply])
 
-    return aio.run(collect(), timeout=30)
+    return aio.run(collect(), timeout=WAIT_S)
 
 
 def test_which_proxy():

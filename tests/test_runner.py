@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,29 +14,31 @@ from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
-from tests.timing import wait_until
+from tests.timing import NEVER_S, WAIT_S, wait_until
 
 HELLO = [Message("user", "Hello")]
-STOP_BUDGET_S = 0.3  # issue 5: Stop -> worker ended and connection closed
 
 
 def openai_endpoint(server):
     return make_endpoint("Fake", "custom", base_url=server.url, api_key=API_KEY, source="env")
 
 
-def test_calls_run_at_once_and_a_slow_or_failing_one_holds_up_nobody(db, openai_server):
-    ep = openai_endpoint(openai_server)
-    slow, fast, failing = (Call(ep, m, HELLO, user_id="ana")
-                           for m in ("fault-slow", "gpt-4o-mini", "fault-500"))
-    ended: list[tuple[str, str, str]] = []
-    run = Run([slow, fast, failing],
-              on_end=lambda c: ended.append((c.model, c.status, threading.current_thread().name)))
-    run.start()
-    # The fast and the failing calls end while the slow one still waits for its first token.
-    wait_until(lambda: len(ended) == 2, timeout=1.4, what="the two quick calls to end")
-    assert not run.finished  # the slow one is still waiting for its first token (1.5 s)
-    assert {(m, s) for m, s, _ in ended} == {("gpt-4o-mini", "ok"), ("fault-500", "error")}
-    assert run.wait(10)
+def test_calls_run_at_once_and_a_slow_or_failing_one_holds_up_nobody(db):
+    with FakeOpenAIServer(api_key=API_KEY, tokens=12, slow_first_token=NEVER_S) as server:
+        ep = openai_endpoint(server)
+        slow, fast, failing = (Call(ep, m, HELLO, user_id="ana")
+                               for m in ("fault-slow", "gpt-4o-mini", "fault-500"))
+        ended: list[tuple[str, str, str]] = []
+        run = Run([slow, fast, failing], on_end=lambda c: ended.append(
+            (c.model, c.status, threading.current_thread().name)))
+        run.start()
+        # The fast and the failing calls end while the slow one waits for its first token,
+        # which the server holds back until the test releases it.
+        wait_until(lambda: len(ended) == 2, what="the two quick calls to end")
+        assert not run.finished
+        assert {(m, s) for m, s, _ in ended} == {("gpt-4o-mini", "ok"), ("fault-500", "error")}
+        server.release_slow()
+        assert run.wait(WAIT_S)
     assert ended[-1][:2] == ("fault-slow", "ok")
     assert all(name.startswith("owngpt-on-end") for *_, name in ended)
     rows = call_rows(db)
@@ -49,7 +50,7 @@ def test_calls_run_at_once_and_a_slow_or_failing_one_holds_up_nobody(db, openai_
 @pytest.fixture(params=["openai", "ollama"])
 def slow_server(request) -> Iterator[tuple[str, FakeOpenAIServer | FakeOllamaServer]]:
     """A server of each protocol that waits 30 s for its first token, or streams for 50 s."""
-    settings = {"slow_first_token": 30, "rate": 100, "tokens": 5000}
+    settings = {"slow_first_token": NEVER_S, "rate": 100, "tokens": int(NEVER_S * 100)}
     if request.param == "openai":
         with FakeOpenAIServer(api_key=API_KEY, **settings) as server:
             yield request.param, server
@@ -73,12 +74,12 @@ def test_one_stop_ends_every_call_and_drops_every_connection(db, slow_server, mo
     wait_until(lambda: len(server.requests) == 2, what="both requests to arrive")
     if moment == "mid-answer":
         wait_until(lambda: all(c.text for c in calls), what="both answers to start")
-    stopped_at = time.monotonic()
     run.stop()
-    # Without cancellation the server would wait 30 s more, or stream 50 s more.
-    assert run.wait(STOP_BUDGET_S), "the run did not end within 0.3 s of Stop"
-    assert server.wait_for_hangups(2, timeout=STOP_BUDGET_S), "a connection stayed open"
-    assert all(at - stopped_at <= STOP_BUDGET_S for at, _ in server.hangups)
+    # Without cancellation the server would wait, or stream, far longer than any deadline
+    # here: the run ends and both connections close only because Stop cancelled them. How
+    # soon is measured by bench.stop_latency.
+    assert run.wait(WAIT_S), "the run did not end after Stop"
+    assert server.wait_for_hangups(2, timeout=WAIT_S), "a connection stayed open"
     assert ended == ["stopped", "stopped"]
     rows = call_rows(db)
     assert [r["status"] for r in rows] == ["stopped", "stopped"]
@@ -93,7 +94,7 @@ def test_a_run_stopped_before_it_starts_sends_nothing(db, openai_server):
     call = Call(openai_endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana")
     run = Run([call])
     run.stop()
-    assert run.start().wait(2)
+    assert run.start().wait(WAIT_S)
     assert call.status == "stopped" and len(openai_server.requests) == before
     assert call_rows(db) == []
 
@@ -112,7 +113,7 @@ def test_on_end_outlives_the_thread_that_started_the_run(db, openai_server):
     script = threading.Thread(target=script_run)
     script.start()
     script.join()
-    assert runs[0].wait(10)
+    assert runs[0].wait(WAIT_S)
     assert saved["text"].startswith("Echo: Hello")
     assert saved["note"] == catalog("zh")["chat.stopped"] != t("chat.stopped")
 
@@ -128,7 +129,7 @@ def test_a_failing_on_end_does_not_keep_the_run_from_finishing(db, openai_server
             raise RuntimeError("the conversation could not be saved")
 
     run = Run(calls, on_end=on_end).start()
-    assert run.wait(10) and len(seen) == 2
+    assert run.wait(WAIT_S) and len(seen) == 2
     assert [c.status for c in calls] == ["ok", "ok"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import API_KEY
+from tests.timing import WAIT_S
 
 
 def panes(url: str, key: str, models: list[str]) -> None:
@@ -30,7 +31,7 @@ def panes(url: str, key: str, models: list[str]) -> None:
 def test_each_call_is_drawn_in_its_own_pane_until_all_have_ended(db, openai_server):
     at = AppTest.from_function(panes, args=(openai_server.url, API_KEY,
                                             ["gpt-4o-mini", "fault-slow", "fault-500"]),
-                               default_timeout=15).run()
+                               default_timeout=WAIT_S).run()
     texts = [m.value for m in at.markdown]
     assert any(t.startswith("Echo: Pane 0") and "▌" not in t for t in texts)
     assert any(t.startswith("Echo: Pane 1") and "▌" not in t for t in texts)

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import store
 from tests.test_app import ENTRY, chat, fake_openai, screen_text  # noqa: F401 - fixture
+from tests.timing import WAIT_S, wait_until
 
 PASSWORD = "s3cret-pw-42"
 
@@ -18,25 +19,25 @@ PASSWORD = "s3cret-pw-42"
 def test_a_write_waits_for_another_writer_and_succeeds(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'busy.sqlite3'}"
     eng = store.engine(url)
-    held = threading.Event()
+    held, releasing = threading.Event(), threading.Event()
 
     def other_writer() -> None:
         conn = sqlite3.connect(tmp_path / "busy.sqlite3")
         conn.execute("BEGIN IMMEDIATE")
         held.set()
         time.sleep(2)  # a writer holding the lock for a few seconds: the fault itself
+        releasing.set()
         conn.rollback()
         conn.close()
 
     thread = threading.Thread(target=other_writer)
     thread.start()
-    assert held.wait(5)
-    started = time.monotonic()
+    assert held.wait(WAIT_S)
     store.set_preference("alice", "last_model", "m", eng=eng)
-    waited = time.monotonic() - started
-    thread.join(10)
-    assert waited > 1.0  # it really waited for the lock...
-    assert store.get_preference("alice", "last_model", eng=eng) == "m"  # ...and wrote
+    # The write could only land after the other writer let go: it waited, then wrote.
+    assert releasing.is_set()
+    thread.join(WAIT_S)
+    assert store.get_preference("alice", "last_model", eng=eng) == "m"
 
 
 def test_unwritable_data_folder_says_so_and_chat_still_works(monkeypatch, tmp_path: Path,
@@ -46,22 +47,20 @@ def test_unwritable_data_folder_says_so_and_chat_still_works(monkeypatch, tmp_pa
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{blocker / 'data' / 'owngpt.sqlite3'}")
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     at.run()
     assert "not writable" in screen_text(at)
     assert "call log is not kept" in screen_text(at)
     chat(at, "gpt-4o-mini", "Hello")
-    deadline = time.monotonic() + 20
-    while not any(m.name == "assistant" for m in at.chat_message):
-        assert time.monotonic() < deadline, "no answer while the database is unwritable"
-        at.run()
+    wait_until(lambda: any(m.name == "assistant" for m in at.run().chat_message),
+               what="an answer while the database is unwritable")
     assert not at.exception
 
 
 def app_with_url(monkeypatch, url: str) -> AppTest:
     monkeypatch.setenv("DATABASE_URL", url)
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     return at.run()
 
@@ -82,7 +81,7 @@ def test_database_url_pointing_at_nothing(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_auth_configured_but_broken_fails_closed(monkeypatch) -> None:
-    at = AppTest.from_file(ENTRY, default_timeout=30)
+    at = AppTest.from_file(ENTRY, default_timeout=WAIT_S)
     at.session_state["language"] = "en"
     at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback",
                           "cookie_secret": "x", "client_id": "", "client_secret": "",

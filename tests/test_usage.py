@@ -16,6 +16,9 @@ from core.providers import Message, Params
 from core.providers.base import Usage
 from tests.conftest import API_KEY
 from tests.fakes import FakeOpenAIServer
+from tests.timing import NEVER_S, WAIT_S
+
+GPT = make_endpoint("OpenAI", "openai", api_key="sk-x" * 4)
 
 
 def add(eng, user="ana", at=None, model="gpt-4o-mini", cost=Decimal("0.01"), status="ok",
@@ -105,22 +108,22 @@ def test_pricing_is_decided_per_endpoint(db):
     used = Usage(input_tokens=1_000_000, output_tokens=0)
     now = datetime.now(UTC)
     gateway = make_endpoint("gw", "custom", base_url="http://one-api:3000/v1", api_key="k" * 16)
-    assert pricing.cost(gateway, "gpt-4o-mini", used, now, user_id="ana") == Decimal("0.15")
-    assert pricing.cost(gateway, "my-own-model", used, now, user_id="ana") == 0  # private host
+    assert pricing.cost(gateway, "gpt-4o-mini", used, now) == Decimal("0.15")
+    assert pricing.cost(gateway, "my-own-model", used, now) == 0  # private host
     public = make_endpoint("p", "custom", base_url="https://llm.example.com/v1",
                            api_key="k" * 16)
-    assert pricing.cost(public, "my-own-model", used, now, user_id="ana") is None
+    assert pricing.cost(public, "my-own-model", used, now) is None
     free = make_endpoint("f", "custom", base_url="https://llm.example.com/v1", api_key="k" * 16,
                          pricing="free")
-    assert pricing.cost(free, "gpt-4o", used, now, user_id="ana") == 0
-    pricing.set_user_price("ana", "*", "qwen-max", pricing.Price(Decimal("20"), Decimal("60"),
-                                                                 currency="CNY"))
-    pricing.set_cny_per_usd("ana", "8")
+    assert pricing.cost(free, "gpt-4o", used, now) == 0
+    pricing.set_price("*", "qwen-max", pricing.Price(Decimal("20"), Decimal("60"),
+                                                     currency="CNY"))
+    pricing.set_cny_per_usd("8")
     qwen = make_endpoint("Qwen", "qwen", api_key="k" * 16)
-    assert pricing.cost(qwen, "qwen-max", used, now, user_id="ana") == Decimal("2.5")
-    assert pricing.price_in_force(qwen, "qwen-max", user_id="ana")[1] == "yours"
+    assert pricing.cost(qwen, "qwen-max", used, now) == Decimal("2.5")
+    assert pricing.price_in_force(qwen, "qwen-max")[1] == "yours"
     own = make_endpoint("o", "openai", api_key="k" * 16, pricing="own")
-    assert pricing.cost(own, "gpt-4o-mini", used, now, user_id="ana") is None
+    assert pricing.cost(own, "gpt-4o-mini", used, now) is None
 
 
 @pytest.mark.parametrize(("value", "key"), [("-1", "prices.err_negative"),
@@ -135,9 +138,9 @@ def test_bad_prices_are_refused_with_a_sentence(value, key):
 
 def test_repricing_past_calls_happens_only_on_request(db):
     add(db, model="qwen-max", cost=None, input_tokens=1_000_000, output_tokens=0)
-    pricing.set_user_price("ana", "*", "qwen-max", pricing.Price(Decimal(2), Decimal(6)))
+    pricing.set_price("*", "qwen-max", pricing.Price(Decimal(2), Decimal(6)))
     assert usage.totals(usage.hourly("ana", usage.Filters(), eng=db)).priced == 0
-    assert pricing.reprice("ana", "*", "qwen-max", pricing.Price(Decimal(2), Decimal(6))) == 1
+    assert pricing.reprice("*", "qwen-max", pricing.Price(Decimal(2), Decimal(6))) == 1
     assert usage.totals(usage.hourly("ana", usage.Filters(), eng=db)).cost_usd == 2.0
 
 
@@ -146,12 +149,12 @@ def test_budget_banner_levels_and_hard_stop(db):
     budget.set_budget("ana", "1", "USD", hard_stop=True, eng=db)
     add(db, cost=Decimal("0.85"))
     assert budget.status("ana", eng=db).level == "warn"
-    budget.enforce("ana", eng=db)  # 85%: allowed
+    budget.enforce("ana", GPT, "gpt-4o-mini", eng=db)  # 85%: allowed
     add(db, cost=Decimal("0.2"))
     assert budget.status("ana", eng=db).level == "over"
     with pytest.raises(budget.BudgetExceeded):
-        budget.enforce("ana", eng=db)
-    budget.enforce("bo", eng=db)  # another user's spend is not ours
+        budget.enforce("ana", GPT, "gpt-4o-mini", eng=db)
+    budget.enforce("bo", GPT, "gpt-4o-mini", eng=db)  # another user's spend is not ours
     with pytest.raises(pricing.PriceError):
         budget.set_budget("ana", "-5", eng=db)
 
@@ -160,15 +163,16 @@ def test_hard_stop_refuses_calls_when_the_database_is_unreachable(tmp_path: Path
     path = tmp_path / "b.sqlite3"
     eng = store.engine(f"sqlite:///{path}")
     budget.set_budget("ana", "10", hard_stop=True, eng=eng)
-    budget.enforce("ana", eng=eng)
+    budget.enforce("ana", GPT, "gpt-4o-mini", eng=eng)
     eng.dispose()
     path.unlink()
     path.mkdir()  # the database file is now a folder: nothing can be read
     with pytest.raises(budget.BudgetUnavailable):
-        budget.enforce("ana", eng=eng)
+        budget.enforce("ana", GPT, "gpt-4o-mini", eng=eng)
     # How metering will call it, before the request goes out: the refusal is the caller's error.
     unreachable = create_engine(f"sqlite:///{tmp_path / 'none' / 'x.sqlite3'}")
-    budget.enforce("bo", eng=unreachable)  # no hard stop known: the call may go on
+    # No hard stop known: the call may go on.
+    budget.enforce("bo", GPT, "gpt-4o-mini", eng=unreachable)
 
 
 def test_a_locked_database_waits_for_the_writer(db):
@@ -188,12 +192,12 @@ def test_a_locked_database_waits_for_the_writer(db):
 
     thread = threading.Thread(target=other_writer)
     thread.start()
-    assert locked.wait(5)
+    assert locked.wait(WAIT_S)
     hours = usage.hourly("ana", usage.Filters(), eng=db)  # WAL readers are not blocked
     assert usage.totals(hours).calls == 1
-    pricing.set_user_price("ana", "*", "m", pricing.Price(Decimal(1), Decimal(1)), eng=db)
-    assert pricing.user_price("ana", "x", "m", eng=db) == pricing.Price(Decimal(1), Decimal(1))
-    thread.join(10)
+    pricing.set_price("*", "m", pricing.Price(Decimal(1), Decimal(1)), eng=db)
+    assert pricing.own_price("x", "m", eng=db) == pricing.Price(Decimal(1), Decimal(1))
+    thread.join(WAIT_S)
 
 
 def test_a_call_with_no_usage_is_counted_and_estimated(db):
@@ -230,7 +234,7 @@ def test_the_hard_stop_refuses_a_call_when_the_database_is_unreachable(tmp_path:
     path = tmp_path / "c.sqlite3"
     eng = store.engine(f"sqlite:///{path}")
     budget.set_budget("ana", "10", hard_stop=True, eng=eng)
-    budget.enforce("ana", eng=eng)
+    budget.enforce("ana", GPT, "gpt-4o-mini", eng=eng)
     eng.dispose()
     path.unlink()
     path.mkdir()
@@ -296,14 +300,13 @@ def test_the_hourly_rollup_matches_the_log_and_follows_votes_and_repricing(db):
         assert conn.execute(select(func.count()).select_from(store.calls_hourly)).scalar() >= 4
     compare.vote("ana", cid, turn, "win", winner=0, eng=db)
     assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 2) == 1.05
-    pricing.reprice("ana", "*", "m2", pricing.Price(Decimal(1), Decimal(1)))
+    pricing.reprice("*", "m2", pricing.Price(Decimal(1), Decimal(1)))
     assert round(usage.totals(usage.hourly("ana", every, eng=db)).cost_usd, 4) == 1.0501
 
 
 def test_a_rollup_that_cannot_be_written_falls_back_to_the_log(db):
     import sqlite3
     import threading
-    import time
     add(db, at=datetime.now(UTC) - timedelta(hours=5), cost=Decimal("0.5"))
     locked, release = threading.Event(), threading.Event()
 
@@ -311,19 +314,19 @@ def test_a_rollup_that_cannot_be_written_falls_back_to_the_log(db):
         conn = sqlite3.connect(db.url.database, timeout=1)
         conn.execute("BEGIN EXCLUSIVE")
         locked.set()
-        release.wait(30)
+        release.wait(NEVER_S)
         conn.commit()
         conn.close()
 
     thread = threading.Thread(target=other_writer)
     thread.start()
-    assert locked.wait(5)
+    assert locked.wait(WAIT_S)
     try:
-        began = time.monotonic()
         totals = usage.totals(usage.hourly("ana", usage.Filters(), eng=db))
         assert (totals.calls, totals.cost_usd) == (1, 0.5)
-        assert time.monotonic() - began < 25
+        # Answered while the other writer still holds the lock: it did not wait it out.
+        assert thread.is_alive() and not release.is_set()
     finally:
         release.set()
-        thread.join(10)
+        thread.join(WAIT_S)
     assert usage.totals(usage.hourly("ana", usage.Filters(), eng=db)).calls == 1

@@ -21,6 +21,9 @@ SCALE = float(os.environ.get("OWNGPT_TEST_WAIT_SCALE") or 1)
 WAIT_S = 30.0 * SCALE  # "should happen": the deadline of every wait in the suite
 WAIT_MS = int(WAIT_S * 1000)  # the same, for Playwright's expect and page calls
 POLL_S = 0.01  # how often a wait looks again; not a deadline
+# A fault that lasts this long is never sat out by a test: a request held this long that ends
+# within WAIT_S was ended by the app (a Stop, a cancel), not by the server finishing.
+NEVER_S = 10 * WAIT_S
 
 
 def wait_until(check: Callable[[], T], what: str = "condition", timeout: float = WAIT_S) -> T:

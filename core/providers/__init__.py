@@ -31,9 +31,28 @@ __all__ = [
 ]
 
 
-@functools.lru_cache(maxsize=64)
 def provider_for(endpoint: Endpoint) -> Provider:
-    """The adapter for an endpoint, built once so its HTTP connections are reused."""
+    """The adapter for an endpoint, built once so its HTTP connections are reused.
+
+    Endpoints from the environment and secrets share one adapter across the process. A
+    session's own endpoint (a key typed in Settings) keeps its adapter on itself, in that
+    session's state: it is never in a process-wide cache and goes with the session.
+    """
+    if endpoint.source == "session":
+        held = endpoint.held.get("provider")
+        if held is None:
+            held = endpoint.held["provider"] = _build(endpoint)
+        return held
+    return _shared(endpoint)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared(endpoint: Endpoint) -> Provider:
+    """The process-wide adapter of a configured endpoint."""
+    return _build(endpoint)
+
+
+def _build(endpoint: Endpoint) -> Provider:
     if endpoint.kind == "ollama":
         return OllamaProvider(endpoint.base_url, proxy=endpoint.proxy)
     if endpoint.kind == "azure":

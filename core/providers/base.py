@@ -284,8 +284,9 @@ class ModelInfo:
 class Provider:
     """An adapter for one wire protocol: it translates its SDK into this contract.
 
-    A provider is cached and shared by every session (`providers.provider_for`): it holds the
-    client and its connection pool, never the state of one call.
+    A configured endpoint's provider is cached and shared by every session, a session
+    endpoint's kept in that session (`providers.provider_for`): it holds the client and its
+    connection pool, never the state of one call.
     """
 
     url: str = ""  # where requests go, without credentials (fills the error sentences)

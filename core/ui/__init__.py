@@ -17,6 +17,15 @@ from core.ui.chat import (
 )
 from core.ui.conversations import sidebar as conversations_sidebar
 from core.ui.errors import show_config_error, show_error
+from core.ui.gate import (
+    account,
+    admin_sign_in,
+    allowed,
+    gate,
+    require,
+    return_to_address,
+    role,
+)
 from core.ui.pickers import (
     Choice,
     cached_models,
@@ -40,6 +49,13 @@ from core.ui.stream import show_run
 
 __all__ = [
     "Choice",
+    "account",
+    "admin_sign_in",
+    "allowed",
+    "gate",
+    "require",
+    "return_to_address",
+    "role",
     "add_session_endpoint",
     "cached_models",
     "clean_prompt",

@@ -7,6 +7,7 @@ import logging
 import streamlit as st
 
 from core.metering import mark_interrupted
+from core.ui.session import endpoints
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def mark_interrupted_calls() -> int:
     A database that cannot be reached must not keep the app from chatting: it is logged.
     """
     try:
-        return mark_interrupted()
+        return mark_interrupted(endpoints=endpoints()[0])  # their pricing modes apply
     except Exception:  # the store reports its own problems where they matter
         log.warning("could not mark interrupted calls", exc_info=True)
         return 0

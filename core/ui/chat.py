@@ -18,7 +18,7 @@ import streamlit as st
 from sqlalchemy import select
 
 from core import conversations as convs
-from core import store
+from core import money, store
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
@@ -227,7 +227,7 @@ def _outcome(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None
 
 def _saved_error(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None:
     """An error as data: its catalog key, filled at draw time in the reader's language."""
-    show_saved_error(m.error_kind, m.model, url, row)
+    show_saved_error(m.error_kind, m.model, url, row)  # the URL shown as the viewer may
 
 
 def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None:
@@ -335,10 +335,7 @@ def _meta(model: str, tokens_in: int, tokens_out: int, estimated: bool, ttft: fl
         parts.append(t("meta.ttft", s=f"{ttft:.2f}"))
     if speed:
         parts.append(t("meta.speed", v=f"{speed:.1f}"))
-    if cost is None:
-        parts.append(t("meta.cost_unknown"))
-    else:
-        parts.append(t("meta.free") if cost == 0 else f"${cost:.6f}")
+    parts.append(t("meta.cost", cost=money.cost(cost, money.view(current_user()))))
     return " · ".join(parts)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from core import compare, conversations, rating, store
+from core import compare, conversations, money, rating, store
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
@@ -142,19 +142,25 @@ def numbers(comp: compare.Comparison, turn: compare.Turn) -> pd.DataFrame | None
     return df
 
 
-def styled_numbers(df: pd.DataFrame) -> Any:
-    """The figures with the best of each highlighted among the panes that answered in full."""
-    lower = [t("compare.ttft"), t("compare.total"), t("compare.cost")]
+def styled_numbers(df: pd.DataFrame, view: money.View | None = None) -> Any:
+    """The figures with the best of each highlighted among the panes that answered in full.
+
+    The cost column keeps dollars, so the cheapest is found on exact amounts, and shows them
+    as money in the viewer's currency ($0.000038, "free", "unknown"), never rounded to 0.
+    """
+    cost = t("compare.cost")
+    lower = [t("compare.ttft"), t("compare.total"), cost]
     higher = [t("compare.tps")]
     best = df.attrs.get("finished", list(df.index))  # a failed pane's 0 s or $0 is no record
     return (df.style.highlight_min(subset=(best, lower), color="#c8f7c5")
             .highlight_max(subset=(best, higher), color="#c8f7c5")
-            .format(precision=3, na_rep="—"))
+            .format(precision=3, na_rep="—")
+            .format(lambda usd: money.cost(usd, view), subset=[cost]))
 
 
-def show_numbers(df: pd.DataFrame) -> None:
+def show_numbers(df: pd.DataFrame, view: money.View | None = None) -> None:
     """The figures with the best of each highlighted, and a small chart."""
-    styled = styled_numbers(df)
+    styled = styled_numbers(df, view)
     st.dataframe(styled, width="stretch")
     # Side by side, not stacked: a stacked bar would add the first token to the total.
     st.bar_chart(df[[t("compare.ttft"), t("compare.total")]], horizontal=True, height=160,
@@ -229,7 +235,7 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
                     st.caption(t("compare.stopped"))
         df = numbers(comp, turn)
         if df is not None:
-            show_numbers(df)
+            show_numbers(df, money.view(user))
         if turn.vote is None and all(a.status != "running" for a in turn.answers):
             vote_buttons(user, comp, turn)
         elif turn.vote is not None:
@@ -259,18 +265,19 @@ def show_leaderboard(user: str) -> None:
     if not rows:
         st.caption(t("compare.no_votes"))
         return
+    view = money.view(user)
     st.dataframe(pd.DataFrame([{
         t("compare.model_col"): r.model, t("compare.rating"): round(r.rating),
         t("compare.interval"): f"{r.low:.0f} – {r.high:.0f}",
         t("compare.wins"): r.wins, t("compare.losses"): r.losses, t("compare.ties"): r.ties,
         t("compare.win_rate"): r.win_rate, t("compare.ttft"): r.median_ttft_s,
-        t("compare.tps"): r.median_tokens_per_s, t("compare.cost"): r.median_cost_usd,
+        t("compare.tps"): r.median_tokens_per_s,
+        t("compare.cost"): money.cost(r.median_cost_usd, view),
     } for r in rows]), width="stretch", hide_index=True, column_config={
         # Figures a reader compares at a glance, not four decimals of noise.
         t("compare.win_rate"): st.column_config.NumberColumn(format="percent"),
         t("compare.ttft"): st.column_config.NumberColumn(format="%.2f"),
         t("compare.tps"): st.column_config.NumberColumn(format="%.1f"),
-        t("compare.cost"): st.column_config.NumberColumn(format="%.4f"),
     })
 
 

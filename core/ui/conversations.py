@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import streamlit as st
 
 from core import conversations as convs
+from core import money
 from core.i18n import DEFAULT, set_language, t
 from core.ui import chat
 from core.ui.render import literal, markdown
@@ -94,12 +95,7 @@ def _open_one(user: str, cid: str) -> None:
     side = st.sidebar
     spent = convs.spent(user, cid)
     if spent.calls:
-        if spent.cost_usd is None:
-            cost = t("meta.cost_unknown")
-        elif spent.cost_usd == 0 and spent.cost_complete:
-            cost = t("meta.free")
-        else:
-            cost = f"${spent.cost_usd:.6f}" + ("" if spent.cost_complete else "+")
+        cost = money.cost(spent.cost_usd, money.view(user), partial=not spent.cost_complete)
         side.caption(t("convo.spent", calls=spent.calls, input=spent.input_tokens,
                        output=spent.output_tokens, cost=cost))
     fit = st.session_state.get(chat.FIT)

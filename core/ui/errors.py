@@ -3,7 +3,8 @@
 A `ProviderError` is data (kind, hint, model, URL, the server's words, status, request id);
 its sentence is built here, where it is shown, for the one who reads it:
 
-- every URL is shown without `user:pass@` (`config.mask_url`);
+- every URL is shown without `user:pass@` (`config.mask_url`), and to a visitor of a gated
+  deployment not at all (`gate.shown_url`);
 - the server's words are quoted only when `quote` (a connection test shows a status and a
   sentence, never what the address returned), and they are only ever an API's JSON error
   message (`providers.base.server_words`);
@@ -23,6 +24,7 @@ import streamlit as st
 from core.config import ConfigError, mask_url
 from core.i18n import t
 from core.providers import ProviderError
+from core.ui.gate import allowed, shown_url
 from core.ui.render import markdown
 
 KINDS = ("auth", "model_not_found", "rate_limited", "context_too_long", "connection", "timeout",
@@ -35,10 +37,13 @@ def describe(hint: str, context: Mapping[str, Any], *, detail: str = "",
     """The sentence of an error (catalog key `hint`, its placeholders from `context`), then
     the server's words and the facts a provider's support asks for; Markdown, not yet safe."""
     values = {"model": "?", "url": "?", "retry_after": "?", **context}
-    values["url"] = mask_url(str(values["url"] or "?"))
+    url = mask_url(str(values["url"] or "?"))
+    values["url"] = shown_url(url)
     body = t(hint, **values)
     if quote and detail:
-        body += "\n\n" + t("error.server_said", detail=mask_url(detail))
+        detail = mask_url(detail)
+        detail = detail.replace(url, values["url"]) if url != "?" else detail
+        body += "\n\n" + t("error.server_said", detail=detail)
     facts = []
     if http_status:
         facts.append(t("error.status", status=http_status))
@@ -84,6 +89,10 @@ def show_blind_error(kind: str | None, target: Any = None) -> None:
 
 
 def show_config_error(err: ConfigError) -> None:
-    """A configuration problem, in the user's language (a URL in it without credentials)."""
+    """A configuration problem, in the user's language (a URL in it without credentials); a
+    visitor only learns there is one."""
+    if not allowed("see_connection_details"):
+        st.warning(t("gate.config_problem"), icon=":material/settings_alert:")
+        return
     context = {k: mask_url(v) if isinstance(v, str) else v for k, v in err.context.items()}
     st.warning(markdown(t(err.key, **context)), icon=":material/settings_alert:")

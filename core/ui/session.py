@@ -13,8 +13,9 @@ SESSION_ENDPOINTS = "session_endpoints"
 OFF = ("0", "false", "no", "off")
 
 
-def _auth_configured() -> bool:
-    return bool(_secrets().get("auth"))
+def auth_configured() -> bool:
+    """Whether people sign in with st.login (an [auth] section in the secrets)."""
+    return bool(read_secrets().get("auth"))
 
 
 def current_user() -> str:
@@ -23,7 +24,7 @@ def current_user() -> str:
     Fails closed: with auth configured, an error or a user without an identity stops the
     page with a sentence; it never falls back to the shared "local" user's data.
     """
-    if not _auth_configured():
+    if not auth_configured():
         return "local"
     try:
         if not st.user.is_logged_in:
@@ -56,7 +57,8 @@ def language_switch() -> None:
     )
 
 
-def _secrets() -> dict[str, Any]:
+def read_secrets() -> dict[str, Any]:
+    """The deployment's Streamlit secrets as a dict; empty when there are none."""
     try:
         return st.secrets.to_dict()
     except Exception:  # noqa: BLE001 - no secrets.toml is a normal laptop setup
@@ -77,11 +79,16 @@ def autodetect_ollama(env: dict[str, str]) -> bool:
 
 
 def endpoints() -> tuple[list[Endpoint], list[ConfigError]]:
-    """Configured endpoints, then the session's own, then an Ollama found at the default host."""
+    """Configured endpoints, then the session's own (an admin's only), then an Ollama found at
+    the default host."""
+    from core.ui.gate import allowed  # the gate reads the secrets through this module
+
     env = read_env()
-    found, problems = load_endpoints(env, _secrets())
+    found, problems = load_endpoints(env, read_secrets())
     names = {e.name for e in found}
-    for endpoint in st.session_state.get(SESSION_ENDPOINTS, []):
+    # A visitor cannot add a connection; one planted in the session state is not used either.
+    own = st.session_state.get(SESSION_ENDPOINTS, []) if allowed("add_connection") else []
+    for endpoint in own:
         if endpoint.name not in names:
             found.append(endpoint)
             names.add(endpoint.name)
@@ -94,7 +101,10 @@ def endpoints() -> tuple[list[Endpoint], list[ConfigError]]:
 
 
 def add_session_endpoint(endpoint: Endpoint) -> None:
-    """Keep an endpoint (and its key) in this session's memory only."""
+    """Keep an endpoint (and its key) in this session's memory only; an admin's action."""
+    from core.ui.gate import require
+
+    require("add_connection")
     kept = [e for e in st.session_state.get(SESSION_ENDPOINTS, []) if e.name != endpoint.name]
     st.session_state[SESSION_ENDPOINTS] = [*kept, endpoint]
 

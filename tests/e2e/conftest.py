@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from core import store
 from tests.conftest import API_KEY, TEST_ENV, call_rows, config_vars
 from tests.fakes import FakeOllamaServer, FakeOpenAIServer
+from tests.timing import NEVER_S, POLL_S, WAIT_MS, WAIT_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 # Pictures from the e2e run land in an ignored folder; `python dev.py screenshots` copies the
@@ -29,6 +30,10 @@ SYSTEM_CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/g
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
+
+
+# Every expect() in the e2e tests waits as long as the suite's one setting says.
+expect.set_options(timeout=WAIT_MS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,24 +61,32 @@ class RunningApp:
     process: subprocess.Popen
     stderr: Path  # the server's log
 
-    def wait_rows(self, n: int, *, timeout: float = 10.0) -> list[dict]:
+    def wait_rows(self, n: int) -> list[dict]:
         """The call log once it holds n rows and the last has ended; fails at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = call_rows(self.db)
-            if len(rows) >= n and rows[-1]["status"] != "running":
-                return rows
-            if time.monotonic() > deadline:
-                pytest.fail(f"after {timeout} s the call log has {len(rows)} rows, not {n}, "
-                            f"or its last is still running: {[r['status'] for r in rows]}")
-            time.sleep(0.05)  # the poll's interval; the deadline above is the wait
+        return self.wait_log(lambda rows: len(rows) >= n and (not rows or
+                                                            rows[-1]["status"] != "running"),
+                             f"{n} rows in the call log, the last one ended")
+
+    def wait_log(self, check: Callable[[list[dict]], bool], what: str) -> list[dict]:
+        """The call log once `check(rows)` holds; fails at the deadline."""
+        seen: list[dict] = []
+
+        def ready() -> bool:
+            seen[:] = call_rows(self.db)
+            return check(seen)
+
+        try:
+            wait_until(ready, what=what)
+        except pytest.fail.Exception:
+            pytest.fail(f"waited for {what}; the log holds {[r['status'] for r in seen]}")
+        return seen
 
     def open(self, browser: Browser, path: str = "", locale: str = "en-US") -> Page:
         context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860})
+        context.set_default_timeout(WAIT_MS)
         page = context.new_page()
         page.goto(self.url + path)
-        expect(page.get_by_test_id("stApp")).to_have_attribute(
-            "data-test-script-state", "notRunning", timeout=30_000)
+        settled(page)
         return page
 
 
@@ -86,7 +99,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningApp]]:
     """Start the app with the given environment (and, to restart the same app, the database
-    file of an earlier start); every app started is stopped at the end."""
+    file of an earlier start); every app started is stopped at the end. It is started as
+    `python dev.py app` starts it: app.py, streamlit_app.py with the remember-me routes."""
     started: list[RunningApp] = []
 
     def start(db_path: Path | None = None, **env: str) -> RunningApp:
@@ -98,21 +112,21 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
         clean.update(TEST_ENV)
         clean.update(DATABASE_URL=db_url, OWNGPT_ENV_FILE=str(folder / "absent.env"), **env)
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
              "--server.port", str(port), "--server.address", "127.0.0.1",
              "--server.headless", "true", "--server.fileWatcherType", "none",
              "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env=clean, stdout=subprocess.DEVNULL, stderr=(folder / "stderr").open("w"),
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and process.poll() is None:
             try:
-                if httpx.get(url + "/_stcore/health", timeout=1).text == "ok":
+                if httpx.get(url + "/_stcore/health", timeout=WAIT_S).text == "ok":
                     break
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)  # the poll's interval; the deadline fails the start
+            time.sleep(POLL_S)  # the poll's interval; the deadline fails the start
         else:
             process.kill()
             raise RuntimeError((folder / "stderr").read_text())
@@ -124,13 +138,15 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     for app in started:
         if app.process.poll() is None:
             app.process.terminate()
-            app.process.wait(timeout=10)
+            app.process.wait(timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")
 def e2e_openai() -> Iterator[FakeOpenAIServer]:
-    """Answers at a visible pace: 40 tokens at 80 tokens/s."""
-    with FakeOpenAIServer(api_key=API_KEY, tokens=40, rate=80, slow_first_token=20) as server:
+    """Answers at a visible pace: 40 tokens at 80 tokens/s; fault-slow's first token never
+    comes within a test, so only a Stop ends it."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=40, rate=80,
+                          slow_first_token=NEVER_S) as server:
         yield server
 
 
@@ -148,6 +164,12 @@ def choose_model(page: Page, model: str) -> None:
     page.keyboard.type(model)
     page.keyboard.press("Enter")
     expect(box.get_by_role("combobox")).to_have_value(model)
+
+
+def settled(page: Page) -> None:
+    """Wait until the script run the last action started has ended."""
+    expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state",
+                                                          "notRunning")
 
 
 def send(page: Page, text: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from core import store
 from tests.conftest import API_KEY, call_rows
 from tests.e2e.conftest import screenshot
 from tests.fakes import FakeOpenAIServer
+from tests.timing import NEVER_S, wait_until
 
 # The panes' figures tables, not the leaderboard's (which sits in an expander).
 NUMBERS = ("[data-testid='stDataFrame']"
@@ -21,8 +21,10 @@ NUMBERS = ("[data-testid='stDataFrame']"
 
 @pytest.fixture(scope="module")
 def e2e_openai() -> Iterator[FakeOpenAIServer]:
-    """Answers of 200 tokens at 80 tokens/s (2.5 s): long enough to see both panes stream."""
-    with FakeOpenAIServer(api_key=API_KEY, tokens=200, rate=80, slow_first_token=20) as server:
+    """Answers of 200 tokens at 80 tokens/s (2.5 s): long enough to see both panes stream;
+    fault-slow's first token never comes within a test."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=200, rate=80,
+                          slow_first_token=NEVER_S) as server:
         yield server
 
 
@@ -45,15 +47,13 @@ def send(page, text: str) -> None:
     box.press("Enter")
 
 
-def votes(app, n: int, timeout: float = 10.0) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
+def votes(app, n: int) -> list:
+    def stored() -> list:
         with app.db.connect() as conn:
             rows = conn.execute(select(store.comparison_votes)).all()
-        if len(rows) >= n:
-            return rows
-        assert time.monotonic() < deadline, f"{n} vote(s) not stored within {timeout} s"
-        time.sleep(0.1)
+        return rows if len(rows) >= n else []
+
+    return wait_until(stored, what=f"{n} vote(s) stored")
 
 
 def test_two_panes_stream_at_once_then_numbers_vote_and_leaderboard(app, browser):
@@ -62,8 +62,8 @@ def test_two_panes_stream_at_once_then_numbers_vote_and_leaderboard(app, browser
     pick(page, "cmp_model_1_OpenAI-compatible", "gpt-4o")
     send(page, "Race you")
     # Both panes are mid-answer at the same moment: two cursors on screen.
-    expect(page.get_by_text("▌")).to_have_count(2, timeout=10_000)
-    expect(page.locator(NUMBERS)).to_be_visible(timeout=20_000)
+    expect(page.get_by_text("▌")).to_have_count(2)
+    expect(page.locator(NUMBERS)).to_be_visible()
     rows = call_rows(app.db)
     assert {r["model"] for r in rows[-2:]} == {"gpt-4o-mini", "gpt-4o"}
     expect(page.get_by_test_id("stVegaLiteChart").locator("canvas, svg").first).to_be_visible()
@@ -83,14 +83,14 @@ def test_blind_mode_reveals_the_names_only_after_the_vote(app, browser):
     page.get_by_text("Blind mode").click()
     expect(page.get_by_text("Model pool")).to_be_visible()
     send(page, "Who am I talking to")
-    expect(page.get_by_role("button", name="Tie")).to_be_visible(timeout=20_000)
+    expect(page.get_by_role("button", name="Tie")).to_be_visible()
     # A pane's title names its model, "A · gpt-4o (OpenAI-compatible)", once revealed.
     names = page.get_by_text("(OpenAI-compatible)")
     expect(page.get_by_text("Echo: Who am I talking to").first).to_be_visible()
     expect(names).to_have_count(0)
     expect(page.locator(NUMBERS)).to_have_count(0)  # no figures before the vote
     page.get_by_role("button", name="Tie").click()
-    expect(names).to_have_count(2, timeout=10_000)
+    expect(names).to_have_count(2)
     expect(page.locator(NUMBERS)).to_have_count(1)  # now the figures too
     expect(page.get_by_test_id("stVegaLiteChart").locator("canvas, svg").first).to_be_visible()
     screenshot(page, "compare-blind-voted.png")
@@ -99,16 +99,13 @@ def test_blind_mode_reveals_the_names_only_after_the_vote(app, browser):
 def test_stop_while_one_pane_waits_for_its_first_token_keeps_the_other(app, browser):
     page = app.open(browser, "/compare")
     pick(page, "cmp_model_0_OpenAI-compatible", "gpt-4o-mini")
-    pick(page, "cmp_model_1_OpenAI-compatible", "fault-slow")  # first token after 20 s
+    pick(page, "cmp_model_1_OpenAI-compatible", "fault-slow")  # no first token in a test
     before = len(call_rows(app.db))
     send(page, "Stop us")
-    expect(page.get_by_text("Echo: Stop us").first).to_be_visible(timeout=10_000)
+    expect(page.get_by_text("Echo: Stop us").first).to_be_visible()
     expect(page.get_by_text("Waiting for the first token")).to_be_visible()
     page.get_by_role("button", name="Stop", exact=True).click()
-    expect(page.get_by_role("button", name="Tie")).to_be_visible(timeout=5_000)
-    deadline = time.monotonic() + 10
-    while len(rows := call_rows(app.db)) < before + 2 or any(
-            r["status"] == "running" for r in rows[before:]):
-        assert time.monotonic() < deadline, "the calls did not settle within 10 s"
-        time.sleep(0.1)
+    expect(page.get_by_role("button", name="Tie")).to_be_visible()
+    rows = app.wait_log(lambda rows: len(rows) >= before + 2 and all(
+        r["status"] != "running" for r in rows[before:]), "both calls to settle")
     assert {r["model"]: r["status"] for r in rows[before:]}["fault-slow"] == "stopped"

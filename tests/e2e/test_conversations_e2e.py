@@ -10,6 +10,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import API_KEY, call_rows
 from tests.e2e.conftest import choose_model, send
+from tests.timing import WAIT_S
 
 STOPPED = "Stopped. The partial answer is kept."
 
@@ -36,7 +37,7 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
     page = app.open(browser)
     choose_model(page, "gpt-4o-mini")
     send(page, "First saved question")
-    expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+    expect(assistants(page).last).to_contain_text("tokens/s")
     first = conversation_id(page)
 
     # A second conversation, stopped midway.
@@ -47,7 +48,7 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
         send(page, "Second one, to be stopped")
         expect(assistants(page).last).to_contain_text("▌")
         keyed(page, "owngpt_stop_").get_by_role("button").click()
-        expect(page.get_by_text(STOPPED)).to_be_visible(timeout=5_000)
+        expect(page.get_by_text(STOPPED)).to_be_visible()
     finally:
         e2e_openai.tokens, e2e_openai.rate = 40, 80
     second = conversation_id(page)
@@ -65,7 +66,7 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
 
     # The server restarts on the same database: the address opens the stopped one again.
     app.process.terminate()
-    app.process.wait(timeout=10)
+    app.process.wait(timeout=WAIT_S)
     app = start_app(db_path, **env)
     page = app.open(browser, f"/?c={second}")
     both_kept(page)
@@ -75,8 +76,8 @@ def test_conversations_survive_reload_and_restart_branch_and_export(
 
     # Regenerate the stopped answer: a second branch, and the arrows flip back to the first.
     keyed(page, "chat_regen_").last.get_by_role("button").click()
-    expect(page.get_by_text("2/2")).to_be_visible(timeout=15_000)
-    expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+    expect(page.get_by_text("2/2")).to_be_visible()
+    expect(assistants(page).last).to_contain_text("tokens/s")
     expect(page.get_by_text(STOPPED)).to_have_count(0)
     keyed(page, "chat_prev_").last.get_by_role("button").click()
     expect(page.get_by_text("1/2")).to_be_visible()
@@ -104,7 +105,7 @@ def test_what_a_stop_a_second_message_or_a_dying_server_leaves_is_saved(
     send(page, "Stop me before I start")
     expect(page.get_by_text("Waiting for the first token")).to_be_visible()
     keyed(page, "owngpt_stop_").get_by_role("button").click()
-    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=5_000)
+    expect(page.get_by_text(STOPPED)).to_be_visible()
     conversation_id(page)
     page.reload()
     expect(page.get_by_text(STOPPED)).to_be_visible()
@@ -117,14 +118,13 @@ def test_what_a_stop_a_second_message_or_a_dying_server_leaves_is_saved(
         send(page, "Long one")
         expect(assistants(page).last).to_contain_text("▌")
         send(page, "Next one")
-        expect(assistants(page).last).to_contain_text("tokens/s", timeout=15_000)
+        expect(assistants(page).last).to_contain_text("tokens/s")
     finally:
         e2e_openai.tokens, e2e_openai.rate = 40, 80
     # The server dies mid-answer: the partial answer and the error are kept.
     choose_model(page, "fault-disconnect")
     send(page, "Tell me a long story")
-    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible(
-        timeout=15_000)
+    expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible()
     page.reload()
     expect(page.get_by_text(STOPPED)).to_have_count(2)
     expect(page.get_by_text("broke off in the middle of the answer")).to_be_visible()

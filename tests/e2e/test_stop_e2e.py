@@ -3,13 +3,12 @@ and a message sent right after is answered in full."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import API_KEY, call_rows
+from tests.conftest import API_KEY
 from tests.e2e.conftest import choose_model, send
+from tests.timing import WAIT_S
 
 STOPPED = "Stopped. The partial answer is kept."
 
@@ -36,16 +35,6 @@ def stop_button(page: Page):
     return page.locator("[class*='st-key-owngpt_stop_']").get_by_role("button")
 
 
-def wait_rows(app, check, timeout: float = 10.0) -> list[dict]:
-    """The call log once `check(rows)` holds; fails the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not check(rows := call_rows(app.db)):
-        if time.monotonic() > deadline:
-            pytest.fail(f"the call log never got there: {[r['status'] for r in rows]}")
-        time.sleep(0.1)
-    return rows
-
-
 def test_stop_mid_answer_then_a_message_sent_at_once_is_answered_in_full(
         app, browser, long_answers):
     page = app.open(browser)
@@ -55,7 +44,7 @@ def test_stop_mid_answer_then_a_message_sent_at_once_is_answered_in_full(
     expect(first).to_contain_text("Echo: First question")
     expect(first).to_contain_text("▌")  # mid-answer
     stop_button(page).click()
-    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=3_000)
+    expect(page.get_by_text(STOPPED)).to_be_visible()
     first = assistants(page).last
     # Generated and billed: the stopped answer shows its tokens (estimated) and its cost.
     expect(first).to_contain_text("tokens (estimated)")
@@ -65,11 +54,11 @@ def test_stop_mid_answer_then_a_message_sent_at_once_is_answered_in_full(
     send(page, "Second question")  # right away: nothing scheduled may cut it off
     second = assistants(page).nth(1)
     expect(second).to_contain_text("Echo: Second question")
-    expect(second).to_contain_text("tokens/s", timeout=15_000)  # finished, with its numbers
+    expect(second).to_contain_text("tokens/s")  # finished, with its numbers
     expect(second).not_to_contain_text("▌")
     expect(page.get_by_text(STOPPED)).to_have_count(1)
     expect(stop_button(page)).to_have_count(0)
-    rows = wait_rows(app, lambda rows: len(rows) >= 2 and rows[-1]["status"] != "running")
+    rows = app.wait_rows(2)
     assert [r["status"] for r in rows[-2:]] == ["stopped", "ok"]
     assert rows[-2]["output_tokens"] > 0 and rows[-2]["estimated"]
     assert rows[-1]["output_tokens"] == 300
@@ -77,18 +66,17 @@ def test_stop_mid_answer_then_a_message_sent_at_once_is_answered_in_full(
 
 def test_stop_while_the_first_token_is_coming_drops_the_request(app, browser, e2e_openai):
     page = app.open(browser)
-    choose_model(page, "fault-slow")  # the first token would take 20 s
+    choose_model(page, "fault-slow")  # the first token never comes within a test
     expect(page.get_by_text("Ready: fault-slow")).to_be_visible()
     hangups = len(e2e_openai.hangups)
     send(page, "Please stop me")
     expect(page.get_by_text("Waiting for the first token")).to_be_visible()
-    clicked = time.monotonic()
     stop_button(page).click()
-    assert e2e_openai.wait_for_hangups(hangups + 1, timeout=3), "the request was never dropped"
-    assert e2e_openai.hangups[-1][0] - clicked < 2  # a click, a rerun, a cancel: not 20 s
-    expect(page.get_by_text(STOPPED)).to_be_visible(timeout=3_000)
+    # Only the app hanging up ends this request: the server would wait for ever.
+    assert e2e_openai.wait_for_hangups(hangups + 1, timeout=WAIT_S), "the request was never dropped"
+    expect(page.get_by_text(STOPPED)).to_be_visible()
     expect(page.get_by_test_id("stChatMessage").first).to_contain_text("Please stop me")
-    rows = wait_rows(app, lambda rows: rows and rows[-1]["status"] != "running")
+    rows = app.wait_rows(1)
     assert rows[-1]["status"] == "stopped" and rows[-1]["input_tokens"] > 0
 
 
@@ -99,14 +87,14 @@ def test_a_message_sent_while_an_answer_streams_stops_it_and_is_answered(
     send(page, "Long one")
     expect(assistants(page).last).to_contain_text("▌")
     send(page, "Next one")  # no Stop click: the new message replaces the stream
-    expect(assistants(page).nth(1)).to_contain_text("tokens/s", timeout=15_000)
+    expect(assistants(page).nth(1)).to_contain_text("tokens/s")
     first, second = assistants(page).nth(0), assistants(page).nth(1)
     expect(first).to_contain_text(STOPPED)
     expect(second).to_contain_text("Echo: Next one")
     users = page.get_by_test_id("stChatMessage").filter(
         has=page.get_by_test_id("stChatMessageAvatarUser"))
     expect(users).to_have_count(2)
-    rows = wait_rows(app, lambda rows: len(rows) >= 2 and rows[-1]["status"] != "running")
+    rows = app.wait_rows(2)
     assert [r["status"] for r in rows[-2:]] == ["stopped", "ok"]
 
 
@@ -121,7 +109,7 @@ def test_a_rerun_mid_answer_leaves_the_answer_streaming_to_its_end(app, browser,
     page.get_by_role("option", name="中文").click()
     reply = assistants(page).last
     expect(reply).to_contain_text("Echo: Keep going")
-    expect(reply).to_contain_text("tokens/", timeout=15_000)  # the numbers of a finished answer
+    expect(reply).to_contain_text("tokens/")  # the numbers of a finished answer
     expect(reply).not_to_contain_text("▌")
-    rows = wait_rows(app, lambda rows: rows and rows[-1]["status"] != "running")
+    rows = app.wait_rows(1)
     assert rows[-1]["status"] == "ok" and rows[-1]["output_tokens"] == 300

@@ -8,6 +8,7 @@ import io
 import pytest
 from playwright.sync_api import Page, expect
 
+from core import money
 from tests.conftest import API_KEY
 from tests.e2e.conftest import choose_model, screenshot, send
 
@@ -19,7 +20,7 @@ def app(start_app, e2e_openai):
 
 def settled(page: Page) -> None:
     expect(page.get_by_test_id("stApp")).to_have_attribute(
-        "data-test-script-state", "notRunning", timeout=30_000)
+        "data-test-script-state", "notRunning")
 
 
 def ledger_text(page: Page) -> str:
@@ -35,12 +36,30 @@ def test_an_empty_ledger_says_how_to_fill_it(app, browser):
     page.context.close()
 
 
+def test_a_budget_is_set_in_the_browser_before_the_first_call(app, browser):
+    page = app.open(browser, "/usage")
+    page.get_by_role("tab", name="Budget").click()
+    amount = page.locator("[class*='st-key-usage_budget_amount'] input")
+    amount.fill("20000")
+    page.locator("[class*='st-key-usage_budget_currency']").click()
+    page.get_by_role("option", name="CNY").click()
+    page.locator("[class*='st-key-usage_budget_save'] button").click()
+    expect(page.get_by_text("Budget saved: ¥20,000.00 a month.")).to_be_visible()
+    page.reload()
+    settled(page)
+    page.get_by_role("tab", name="Budget").click()
+    # What was saved is what is shown: the amount as typed, in the currency it was saved in.
+    expect(page.locator("[class*='st-key-usage_budget_amount'] input")).to_have_value("20000")
+    expect(page.get_by_role("combobox", name="Currency")).to_have_value("CNY")
+    page.context.close()
+
+
 def test_two_chat_calls_show_up_filter_and_export(app, browser):
     page = app.open(browser)
     for n, model in enumerate(("gpt-4o-mini", "gpt-4o"), start=1):
         choose_model(page, model)
         send(page, f"Question {n} for {model}")
-        app.wait_rows(n, timeout=30)
+        app.wait_rows(n)
         settled(page)
     rows = app.wait_rows(2)
     assert [r["model"] for r in rows] == ["gpt-4o-mini", "gpt-4o"]
@@ -51,12 +70,12 @@ def test_two_chat_calls_show_up_filter_and_export(app, browser):
     expect(page.get_by_role("heading", name="Usage", exact=True)).to_be_visible()
     shown = ledger_text(page)
     for r in rows:
-        # The accessible cells hold raw values: the row's time, model, tokens, cost in order.
+        # The accessible cells hold the row's time, model, tokens, and its cost as money.
         cells = f"{r['model']} | {r['input_tokens']} | {r['cached_input_tokens']} | " \
                 f"{r['output_tokens']} | "
         assert cells in shown, shown
         cost = shown.split(cells, 1)[1].split(" | ", 1)[0]
-        assert float(cost) == pytest.approx(float(r["cost_usd"]))
+        assert cost == money.cost(r["cost_usd"])
     screenshot(page, "usage.png")  # the README image; `python dev.py screenshots` copies it
 
     box = page.locator("[class*='st-key-usage_models']").get_by_test_id("stMultiSelect")

@@ -197,22 +197,19 @@ class Pacer:
         self._conn = conn
         self._t0: float | None = None
 
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up and raise Aborted as soon as the server stops or the client goes."""
+    def sleep(self, seconds: float, until: threading.Event | None = None) -> None:
+        """Sleep, but wake up and raise Aborted as soon as the server stops or the client goes;
+        return early once `until` is set."""
         if seconds <= 0:
             return
-        if self._conn is None:
-            if self._stopping.wait(seconds):
-                raise Aborted
-            return
+        watch = self._conn is not None or until is not None
         end = time.monotonic() + seconds
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
+        while (left := end - time.monotonic()) > 0:
+            if until is not None and until.is_set():
                 return
-            if self._stopping.wait(min(left, HANGUP_POLL)):
+            if self._stopping.wait(min(left, HANGUP_POLL) if watch else left):
                 raise Aborted
-            if peer_closed(self._conn):
+            if self._conn is not None and peer_closed(self._conn):
                 raise HungUp
 
     def wait(self, index: int) -> None:
@@ -500,6 +497,7 @@ class FakeServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._release = threading.Event()  # see release_slow()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -585,8 +583,14 @@ class FakeServer:
         Given the handler, its waits notice the client hanging up (see `hangups`)."""
         pacer = Pacer(self.rate, self._stopping, handler.connection if handler else None)
         if fault == "slow":
-            pacer.sleep(self.slow_first_token)
+            pacer.sleep(self.slow_first_token, until=self._release)
         return pacer
+
+    def release_slow(self) -> None:
+        """End the first-token wait of every "slow" request waiting now (later ones wait in
+        full): a test holds a request as long as it needs, then lets it answer."""
+        released, self._release = self._release, threading.Event()
+        released.set()
 
     def simulate_generation(self, plan: ReplyPlan, fault: str | None) -> float:
         """Non-streaming reply: take as long as streaming it would; return when it started."""
