@@ -13,6 +13,7 @@ from core.config import (
     normalize_base_url,
     read_env,
 )
+from tests.timing import WAIT_S
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,7 @@ def test_a_local_openai_compatible_server_is_not_taken_for_ollama():
 def test_an_ollama_at_the_default_host_is_found(ollama_server):
     from core.config import local_ollama
 
-    found = local_ollama(ollama_server.url)
+    found = local_ollama(ollama_server.url, timeout=WAIT_S)  # the app's 0.3 s is for a quiet laptop
     assert found is not None and (found.kind, found.source) == ("ollama", "auto")
     assert local_ollama("http://127.0.0.1:9") is None
 
