@@ -220,7 +220,7 @@ def test_a_failed_turn_offers_retry_and_is_not_sent_twice(app, browser, e2e_open
     page = app.open(browser)
     choose_model(page, "fault-500")
     send(page, "will fail")
-    expect(page.get_by_role("main").get_by_test_id("stAlertContentError")).to_be_visible()
+    expect(page.get_by_role("main").get_by_test_id("stAlertContentError").first).to_be_visible()
     choose_model(page, "gpt-4o-mini")
     page.get_by_role("button", name="Retry").click()
     expect(assistant(page)).to_contain_text("Echo: will fail")
