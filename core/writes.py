@@ -53,8 +53,6 @@ class NotSavedYet(RuntimeError):
     """The write was retried for RETRY_WINDOW_S without success. It is still kept in memory and
     will be made when the database lets it (while this process runs): `pending` waits for it."""
 
-    key = "writes.not_saved_yet"
-
     def __init__(self, pending: Pending[Any]) -> None:
         super().__init__(f"{pending.what or 'write'} {pending.key!r} not saved yet")
         self.pending = pending
