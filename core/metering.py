@@ -31,7 +31,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from core import aio, budget, pricing, store, writes
@@ -66,8 +65,8 @@ _beats: dict[Engine | None, writes.Pending[None]] = {}  # the last heartbeat wri
 class _Statements:
     """The row's statements for one dialect, built once: each write binds parameters only."""
 
-    insert_running: Any  # keyed by call_key; heartbeat_at on the database's clock
-    insert_whole: Any  # keyed by call_key, a row written once at its end
+    insert_running: Any  # heartbeat_at on the database's clock
+    insert_whole: Any  # a row written once, at its end
     complete: Any  # compare-and-set: only a running row
     complete_late: Any  # compare-and-set: only an interrupted row, flagged late
     beat: Any
@@ -75,17 +74,11 @@ class _Statements:
 
 @functools.cache
 def _statements(dialect: str) -> _Statements:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     now = store.db_now(dialect)
-
-    def keyed(stmt: Any) -> Any:
-        return stmt.on_conflict_do_nothing(index_elements=[_calls.c.call_key]).returning(
-            _calls.c.id)
-
     row = _calls.c.id == bindparam("row_id")
     return _Statements(
-        insert_running=keyed(insert(_calls).values(heartbeat_at=now)),
-        insert_whole=keyed(insert(_calls)),
+        insert_running=_calls.insert().values(heartbeat_at=now),
+        insert_whole=_calls.insert(),
         complete=_calls.update().where(row, _calls.c.status == "running"),
         complete_late=_calls.update().where(row, _calls.c.status == "interrupted")
         .values(late=True),
@@ -142,6 +135,8 @@ class Call:
         self._stop_requested = False
         self._streaming = False  # on the loop only: whether a cancel would land in the stream
         self._checking = False  # on the loop only: whether the budget's check is awaited
+        self._priced = False
+        self._inserts = 0  # tries at writing the row's first version (the write queue's thread)
         self._ran = False
         self._elapsed: float | None = None
         self.reply: Reply = provider_for(endpoint).stream(model, messages, params or Params())
@@ -249,7 +244,7 @@ class Call:
             refused = writes.submit(f"call:{self.key}", self._write_refused, eng=self._eng,
                                     what="call row", conversation_id=self.conversation_id,
                                     comparison_id=self.comparison_id)
-            if (await _through_cancel(refused.settled()))[1]:
+            if (await _settled(refused))[1]:
                 raise asyncio.CancelledError
             return self
         self.status = "running"
@@ -285,16 +280,17 @@ class Call:
             self._streaming = False
             _live.discard(self)
         self._settle(status, error, time.perf_counter() - started)
-        # Priced off the loop (the deployment's prices are read from the database), then the
-        # row is completed; the call waits for that write until it is "not saved yet".
-        foreign_cancel |= (await aio.through_cancel(loop.run_in_executor(
-            _readers, self._price)))[1]
+        # The row is completed (and priced, off the loop) through the write queue; the call
+        # waits for that write until it is written or "not saved yet".
         completing = writes.submit(f"call-end:{self.key}", self._write_complete,
                                    eng=self._eng, what="call row",
                                    conversation_id=self.conversation_id,
                                    comparison_id=self.comparison_id)
-        foreign_cancel |= (await _through_cancel(completing.settled()))[1]
-        if foreign_cancel:
+        written, cancelled = await _settled(completing)
+        if not written and not self._priced:  # the database is stuck: price it all the same
+            foreign_cancel |= (await aio.through_cancel(loop.run_in_executor(
+                _readers, self._price)))[1]
+        if foreign_cancel or cancelled:
             raise asyncio.CancelledError
         return self
 
@@ -340,6 +336,10 @@ class Call:
         return self._eng or store.engine()
 
     def _price(self) -> None:
+        """The call's cost, once (reads the deployment's prices: never on the call loop)."""
+        if self._priced:
+            return
+        self._priced = True
         usage = self._usage or Usage()
         try:
             cost = pricing.cost(self.endpoint, self.model, usage, self.started_at,
@@ -372,8 +372,8 @@ class Call:
 
     def _write_refused(self, conn: Connection) -> None:
         # One row, written whole: the call never went out, so nothing was used or billed.
-        self.row_id, _ = _keyed_insert(conn, _statements(conn.dialect.name).insert_whole,
-                                       {**_identity(self), **self._final_row()})
+        self.row_id, _ = self._keyed_insert(conn, _statements(conn.dialect.name).insert_whole,
+                                            {**_identity(self), **self._final_row()})
 
     def _write_running(self, conn: Connection) -> None:
         row = {
@@ -382,15 +382,16 @@ class Call:
             "input_tokens": self.reply.estimate_usage().input_tokens,
             "estimated": True,
         }
-        self.row_id, _ = _keyed_insert(conn, _statements(conn.dialect.name).insert_running,
-                                       row)
+        self.row_id, _ = self._keyed_insert(
+            conn, _statements(conn.dialect.name).insert_running, row)
 
     def _write_complete(self, conn: Connection) -> None:
+        self._price()  # on its first attempt; a retry writes the same cost
         statements = _statements(conn.dialect.name)
         row = self._final_row()
         if self.row_id is None:  # the first write failed for good: the row goes in whole
-            self.row_id, inserted = _keyed_insert(conn, statements.insert_whole,
-                                                  {**_identity(self), **row})
+            self.row_id, inserted = self._keyed_insert(conn, statements.insert_whole,
+                                                       {**_identity(self), **row})
             if inserted:
                 return
         if conn.execute(statements.complete, {"row_id": self.row_id, **row}).rowcount == 0:
@@ -414,6 +415,19 @@ class Call:
             store.adjust_rollup(conn, old, row)
             log.info("call row %s completed late, after it was marked interrupted",
                      self.row_id)
+
+    def _keyed_insert(self, conn: Connection, statement: Any,
+                      row: dict[str, Any]) -> tuple[int, bool]:
+        """Insert the call's row once; its id, and whether this insert made it. Only a write
+        tried again looks for the row first: the try before may have landed (a connection
+        dropped at its commit), and the unique call_key makes a second row impossible."""
+        self._inserts += 1
+        if self._inserts > 1:
+            found = conn.execute(select(_calls.c.id).where(
+                _calls.c.call_key == self.key)).scalar()
+            if found is not None:
+                return found, False
+        return conn.execute(statement, row).inserted_primary_key[0], True
 
     def _final_row(self) -> dict[str, Any]:
         reply, error, usage = self.reply, self.error, self._usage or Usage()
@@ -451,20 +465,21 @@ def _identity(call: Call) -> dict[str, Any]:
     }
 
 
-def _keyed_insert(conn: Connection, statement: Any, row: dict[str, Any]) -> tuple[int, bool]:
-    """Insert a row keyed by its call_key; the id of the row with that key and whether this
-    insert made it (a retry of a write that did land finds the first row)."""
-    found = conn.execute(statement, row).scalar()
-    if found is not None:
-        return found, True
-    return conn.execute(select(_calls.c.id).where(
-        _calls.c.call_key == row["call_key"])).scalar_one(), False
-
-
-async def _through_cancel(waiting: Any) -> tuple[bool, bool]:
-    """Await a write's `settled()` to its end even if the awaiting task is cancelled meanwhile;
-    whether it was written, and whether a cancel came."""
-    return await aio.through_cancel(asyncio.ensure_future(waiting))
+async def _settled(pending: writes.Pending[Any]) -> tuple[bool, bool]:
+    """Wait for a row's write until it is done (True) or "not saved yet" (False), even if the
+    awaiting task is cancelled meanwhile; also whether a cancel came."""
+    waiting = asyncio.wrap_future(pending.future)
+    cancelled = False
+    while not waiting.done():
+        try:
+            await asyncio.wait({waiting}, timeout=writes.LOOK_S)
+        except asyncio.CancelledError:
+            cancelled = True
+            continue
+        if not waiting.done() and pending.unsaved:
+            return False, cancelled
+    waiting.exception()  # a write that failed for good is logged by the queue, not again here
+    return True, cancelled
 
 
 # -- the heartbeat ------------------------------------------------------------------------------

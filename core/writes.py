@@ -46,7 +46,7 @@ RETRY_WINDOW_S = 300.0
 # waits up to its busy_timeout (5 s) inside each attempt.
 BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 # How often a waiter looks whether its write became "not saved yet".
-_LOOK_S = 0.1
+LOOK_S = 0.1
 
 
 class NotSavedYet(RuntimeError):
@@ -108,7 +108,7 @@ class Pending(Generic[T]):
             if left is not None and left <= 0:
                 return self.done()
             try:
-                self.future.exception(timeout=_LOOK_S if left is None else min(_LOOK_S, left))
+                self.future.exception(timeout=LOOK_S if left is None else min(LOOK_S, left))
                 return True
             except concurrent.futures.TimeoutError:
                 if self.unsaved:
@@ -118,7 +118,7 @@ class Pending(Generic[T]):
         """`wait()` for the call loop: True once done, False once "not saved yet"."""
         waiting = asyncio.wrap_future(self.future)
         while not waiting.done():
-            await asyncio.wait({waiting}, timeout=_LOOK_S)
+            await asyncio.wait({waiting}, timeout=LOOK_S)
             if not waiting.done() and self.unsaved:
                 return False
         return True
@@ -283,7 +283,8 @@ def _failed(lane: _Lane, item: _Item, exc: Exception) -> None:
         item.attempts += 1
         lane.next_try = now + pause
     if item.attempts == 1:
-        log.warning("database busy (%s); %s %s is kept and tried again", exc,
+        said = exc.orig if isinstance(exc, OperationalError) and exc.orig is not None else exc
+        log.warning("database busy (%s); %s %s is kept and tried again", said,
                     item.pending.what or "write", item.pending.key)
 
 
