@@ -132,7 +132,7 @@ class Pending(Generic[T]):
 class _Item:
     pending: Pending[Any]
     work: Callable[[Connection], Any]
-    eng: Engine | None
+    eng: Engine
     keep: bool
     attempts: int = 0
 
@@ -155,7 +155,7 @@ class Backlog:
 
 
 _cond = threading.Condition()
-_lanes: dict[Engine | None, _Lane] = {}
+_lanes: dict[Engine, _Lane] = {}
 _waiting: dict[str, Pending[Any]] = {}
 _writer: threading.Thread | None = None
 
@@ -163,13 +163,14 @@ _writer: threading.Thread | None = None
 def submit(key: str, work: Callable[[Connection], T], *, eng: Engine | None = None,
            what: str = "", conversation_id: str | None = None,
            comparison_id: str | None = None, keep: bool = True) -> Pending[T]:
-    """Queue `work(conn)` to run in one transaction on `eng` (default: the app's database,
-    resolved on the writer thread); returns at once, from any thread.
+    """Queue `work(conn)` to run in one transaction on `eng` (default: the app's database as
+    configured now); returns at once, from any thread.
 
     `key` is made by the app and names the write; if a write with that key is still waiting,
     it is returned instead of queuing a second one. `keep=False` makes a write that may be
     dropped (a heartbeat: the next one follows): it is tried once, after the writes before it.
     """
+    eng = eng or store.engine()  # now: a write is made where it was meant to go
     with _cond:
         found = _waiting.get(key)
         if found is not None:
@@ -260,7 +261,7 @@ def _next() -> tuple[_Lane, _Item]:
 
 def _attempt(lane: _Lane, item: _Item) -> None:
     try:
-        with (item.eng or store.engine()).begin() as conn:
+        with item.eng.begin() as conn:
             result = item.work(conn)
     except Exception as exc:  # sorted below: retried, dropped or reported
         if transient(exc) and item.keep:
