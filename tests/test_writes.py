@@ -168,24 +168,52 @@ def test_past_the_retry_window_a_reply_is_not_saved_yet_then_saved_when_the_lock
     assert messages(db, cid)[1] == ("assistant", call.text, row["id"])  # linked by its key
 
 
+@contextlib.contextmanager
+def busy_write(**mark):
+    """A write the database keeps refusing as busy until the block ends (then it is made)."""
+    busy = threading.Event()
+
+    def refused(conn) -> None:
+        if not busy.is_set():
+            raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))
+
+    pending = writes.submit("reply:test", refused, **mark)
+    try:
+        yield pending
+    finally:
+        busy.set()
+        assert writes.flush(WAIT_S) and pending.done()
+
+
+def warnings(at) -> list[str]:
+    assert not at.exception, at.exception
+    return [w.value for w in at.warning]
+
+
 def test_the_chat_page_says_not_saved_yet(db, monkeypatch):
     from tests.test_chat_page import app
     monkeypatch.setattr(writes, "RETRY_WINDOW_S", 0.0)
     cid, _ = question(db, "local")  # the page's user without sign-in
-    busy = threading.Event()
+    with busy_write(conversation_id=cid):
+        assert any("Not saved yet" in w for w in warnings(app(c=cid).run()))
+        assert any("尚未保存" in w for w in warnings(app("zh", c=cid).run()))
+    assert not any("Not saved yet" in w for w in warnings(app(c=cid).run()))
 
-    def refused(conn):  # a database that stays busy until the test lets it go
-        if not busy.is_set():
-            raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked"))
 
-    pending = writes.submit("reply:test", refused, conversation_id=cid)
-    try:
-        at = app(c=cid).run()
-        assert any("Not saved yet" in w.value for w in at.warning), [w.value for w in at.warning]
-        zh = app("zh", c=cid).run()
-        assert any("尚未保存" in w.value for w in zh.warning)
-    finally:
-        busy.set()
-        assert writes.flush(WAIT_S) and pending.done()
-    at = app(c=cid).run()
-    assert not any("Not saved yet" in w.value for w in at.warning)
+def test_the_compare_page_says_not_saved_yet(db, monkeypatch):
+    from core import compare
+    from core.ui.compare import ID_KEY
+    from tests.test_app import app
+    monkeypatch.setattr(writes, "RETRY_WINDOW_S", 0.0)
+    cid = compare.create("local", [compare.Pane("Fake", "a"), compare.Pane("Fake", "b")],
+                         eng=db)
+    compare.start_turn("local", cid, "hi", eng=db)
+
+    def page():
+        at = app().run()
+        at.session_state[ID_KEY] = cid
+        return at.switch_page("app_pages/compare.py").run()
+
+    with busy_write(comparison_id=cid):
+        assert any("Not saved yet" in w for w in warnings(page()))
+    assert not any("Not saved yet" in w for w in warnings(page()))
