@@ -149,7 +149,7 @@ def test_a_reply_saved_while_another_writer_holds_the_lock_for_8_s_is_saved_once
 
 
 def test_past_the_retry_window_a_reply_is_not_saved_yet_then_saved_when_the_lock_goes(
-        db, openai_server, monkeypatch):
+        db, openai_server, monkeypatch, caplog):
     monkeypatch.setattr(writes, "RETRY_WINDOW_S", 0.5)  # five minutes in the app
     cid, asked = question(db)
     with locked(db) as lock:
@@ -160,6 +160,8 @@ def test_past_the_retry_window_a_reply_is_not_saved_yet_then_saved_when_the_lock
         assert writes.unsaved(conversation_id=cid) == 3  # the row, its completion, the reply
         assert writes.unsaved(conversation_id="another") == 0
         assert messages(db, cid) == [("user", "Hello there", None)]
+        # Held past SQLite's own wait (busy_timeout): the queue has had to try again.
+        wait_until(lambda: "tried again" in caplog.text, what="a write tried again")
         lock.release()
         wait_until(lambda: len(messages(db, cid)) == 2, what="the reply, saved after the lock")
     assert writes.flush(WAIT_S) and writes.unsaved(conversation_id=cid) == 0
