@@ -54,7 +54,7 @@ for endpoint in endpoints:
                        icon=":material/network_check:"):
             ui.require("test_connection")
             try:
-                found = connections.check(endpoint)
+                found = connections.check(endpoint, user_id=ui.current_user())
             except ProviderError as err:
                 ui.show_error(err, quote=False)  # a status and a sentence, not the page
             else:

@@ -60,7 +60,8 @@ def child(url: str, calls: int) -> dict[str, object]:
     """One app process: `calls` metered calls at once; what its callers saw."""
     metering.HEARTBEAT_S = 0.2
     counter = _Count()
-    logging.getLogger("core.metering").addHandler(counter)
+    for name in ("core.metering", "core.writes"):  # the row writes go through the write queue
+        logging.getLogger(name).addHandler(counter)
     endpoint = make_endpoint("Fake", "custom", base_url=url, api_key=API_KEY, source="env")
     store.engine()  # tables exist before the clock starts, as in a running app
     settled: dict[int, float] = {}  # id(call) -> when its row was complete (on_end)

@@ -231,14 +231,20 @@ def enforce(user_id: str, endpoint: Endpoint, model: str, *,
                 raise BudgetExceeded(found.spent, budget)
     except Refused:
         raise
-    except Exception as exc:  # any database failure means "cannot check"
-        # Free by what was last read of the deployment's prices and modes (a local Ollama):
-        # still never refused. Anything else fails closed if a hard stop was last seen.
-        price, _source = pricing.price_in_force(endpoint, model,
-                                                known=pricing.last_known(eng=eng))
-        if price is not None and price.free:
-            return
-        with _lock:
-            last = _known.get(str(eng.url), {})
-        if any(b.hard_stop for s, b in last.items() if s in (DEPLOYMENT, user_id)):
-            raise BudgetUnavailable() from exc
+    except Exception as exc:  # noqa: BLE001 - any database failure means "cannot check"
+        unchecked(user_id, endpoint, model, url=str(eng.url), cause=exc)
+
+
+def unchecked(user_id: str, endpoint: Endpoint, model: str, *, url: str,
+              cause: BaseException | None = None) -> None:
+    """The spend could not be read (a database error, or no answer before the metered path's
+    deadline) on the database at `url`. Free by what was last read of the deployment's prices
+    and modes (a local Ollama): still never refused. Anything else fails closed, raising
+    BudgetUnavailable, when a hard stop was last seen for the deployment or this user."""
+    price, _source = pricing.price_in_force(endpoint, model, known=pricing.last_known(url=url))
+    if price is not None and price.free:
+        return
+    with _lock:
+        last = _known.get(url, {})
+    if any(b.hard_stop for s, b in last.items() if s in (DEPLOYMENT, user_id)):
+        raise BudgetUnavailable() from cause

@@ -183,11 +183,11 @@ def deployment(*, eng: Engine | None = None) -> Deployment:
     return found
 
 
-def last_known(*, eng: Engine | None = None) -> Deployment:
-    """What was last read of the deployment, however old (else nothing set): for decisions
-    that must be taken while the database cannot be read."""
+def last_known(*, eng: Engine | None = None, url: str | None = None) -> Deployment:
+    """What was last read of the deployment on the database at `url` (or `eng`'s), however
+    old (else nothing set): for decisions that must be taken while it cannot be read."""
     with _cache_lock:
-        cached = _cache.get(str((eng or store.engine()).url))
+        cached = _cache.get(url or str((eng or store.engine()).url))
     return cached[1] if cached is not None else Deployment()
 
 

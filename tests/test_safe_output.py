@@ -74,7 +74,7 @@ def test_a_connection_test_never_shows_what_the_address_returned(secret_page, st
     secret_page.status = status  # type: ignore[attr-defined]
     endpoint = make_endpoint("Page", preset, base_url=_url(secret_page), api_key="none")
     with pytest.raises(ProviderError) as caught:
-        connections.check(endpoint)
+        connections.check(endpoint, user_id="ana")
     assert "hunter2" not in _everything(caught.value)
     if status != 200:
         assert caught.value.http_status == status

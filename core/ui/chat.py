@@ -18,7 +18,7 @@ import streamlit as st
 from sqlalchemy import select
 
 from core import conversations as convs
-from core import money, store
+from core import money, store, writes
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
@@ -191,6 +191,8 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
             and last is not None and active[1]["parent"] == last.id):
         _follow(active[0])
         _redraw_saved(active[0])
+    if writes.unsaved(conversation_id=thread.conversation.id):
+        st.warning(t("writes.unsaved_reply"), icon=":material/cloud_off:")
 
 
 def _show_more() -> None:
@@ -572,7 +574,7 @@ def _save(user: str, cid: str, question: convs.ChatMessage, view: dict[str, Any]
                               call_id=call.row_id, model=call.model)
     assert question.id is not None
     try:
-        saved = convs.save_reply(user, cid, reply, parent_id=question.id)
+        saved = convs.save_reply(user, cid, reply, parent_id=question.id, key=call.key)
         current = convs.get(user, cid)
         if current.leaf_id != saved.id and saved.id is not None:
             # A regenerated answer: the branch on screen moves onto it from the old answer.
@@ -581,6 +583,8 @@ def _save(user: str, cid: str, question: convs.ChatMessage, view: dict[str, Any]
             _title_from_model(user, cid, question.text, endpoint, call.model)
         after = convs.get(user, cid).seq
     except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
+        return
+    except writes.NotSavedYet:  # kept and saved once the database lets it; the page says so
         return
     if view.get("cid") == cid and view.get("seq") == seq:
         view["seq"] = after  # our own write: the tab is not told "changed elsewhere"
