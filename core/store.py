@@ -6,6 +6,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -467,3 +468,9 @@ def retry_locked(write: Callable[[], T], attempts: int = 3) -> T:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def as_utc(value: datetime) -> datetime:
+    """A datetime read back from the database, in UTC: SQLite hands back naive datetimes,
+    which were written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

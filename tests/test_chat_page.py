@@ -8,6 +8,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import conversations as convs
+from core import conversations_context as ctx
+from core import conversations_list as listing
+from core import conversations_transfer as transfer
 from core.providers import Message
 from core.ui import chat as chat_ui
 from core.ui.conversations import import_file
@@ -146,7 +149,7 @@ def test_reasoning_is_shown_but_never_sent_back(db, fake_openai):
 
 def test_a_long_conversation_is_trimmed_to_the_window_and_the_user_is_told(
         db, openai_server, monkeypatch):
-    monkeypatch.setattr(chat_ui, "context_window", lambda choice: 700)
+    monkeypatch.setattr("core.chat.context_window", lambda endpoint, model: 700)
     at = app()
     at.secrets["endpoints"] = [{"name": "Small", "base_url": openai_server.url,
                                 "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
@@ -167,7 +170,7 @@ def test_ollama_gets_num_ctx_and_the_window_it_names(db, monkeypatch, ollama_ser
     at.chat_input[0].set_value("hello ollama").run()
     assert not at.exception
     options = ollama_server.requests[-1]["options"]
-    assert 0 < options["num_ctx"] <= chat_ui.OLLAMA_MAX_CTX
+    assert 0 < options["num_ctx"] <= ctx.OLLAMA_MAX_CTX
 
 
 def test_the_same_conversation_in_two_tabs_is_never_overwritten(db, fake_openai):
@@ -190,10 +193,10 @@ def test_deleting_the_open_conversation_asks_first_then_opens_a_new_chat(db, fak
     cid = address(at)
     at.button(key="convo_delete").click().run()
     assert "for good" in at.warning[0].value
-    assert convs.count_conversations("local") == 1  # only asked
+    assert listing.count_conversations("local") == 1  # only asked
     at.button(key="convo_delete_yes").click().run()
     assert not at.exception
-    assert convs.count_conversations("local") == 0
+    assert listing.count_conversations("local") == 0
     assert not at.chat_message and "c" not in at.query_params
     assert f"convo_open_{cid}" not in [b.key for b in at.button]
 
@@ -217,7 +220,7 @@ def test_rename_and_search_in_chinese(db, fake_openai):
 def test_a_1_mb_message_is_refused_with_a_sentence(db, fake_openai):
     at = send(app().run(), "x" * 1_000_000)
     assert "the limit is 500,000" in at.warning[0].value
-    assert convs.count_conversations("local") == 0 and call_rows(db) == []
+    assert listing.count_conversations("local") == 0 and call_rows(db) == []
 
 
 def test_a_long_conversation_shows_its_last_messages_and_earlier_on_demand(db, fake_openai):
@@ -234,17 +237,17 @@ def test_a_long_conversation_shows_its_last_messages_and_earlier_on_demand(db, f
 @pytest.mark.parametrize(("data", "says"), [
     (b"not json at all", "is not JSON"),
     (json.dumps({"hello": "world"}).encode(), "not an OwnGPT conversation"),
-    (b" " * (convs.MAX_IMPORT_BYTES + 1), "at most 52 MB"),
+    (b" " * (transfer.MAX_IMPORT_BYTES + 1), "at most 52 MB"),
 ])
 def test_an_import_that_cannot_be_read_says_why(db, data, says):
     cid, problem = import_file("local", data)
     assert cid is None and says in problem
-    assert convs.count_conversations("local") == 0
+    assert listing.count_conversations("local") == 0
 
 
 def test_an_export_imports_back_and_a_compare_pane_continues_in_chat(db, fake_openai):
     at = send(app().run(), "round trip")
-    cid, problem = import_file("local", convs.export_json("local", address(at)).encode())
+    cid, problem = import_file("local", transfer.export_json("local", address(at)).encode())
     assert problem is None
     assert [m.text for m in convs.path("local", cid)][0] == "round trip"
     new_id, link = convs.continue_in_chat(

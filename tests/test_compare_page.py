@@ -166,14 +166,14 @@ def test_a_failed_pane_is_never_highlighted_as_the_best():
 
 
 def test_a_pane_goes_on_in_chat_as_a_new_conversation_with_its_thread(db, fake_openai):
-    from core import conversations
+    from core import conversations, conversations_list
 
     at = two_panes("Carry me over")
     [go_on] = [b for b in at.button if b.key and b.key.startswith("cmp_continue_")
                and b.key.endswith("_1")]
     go_on.click().run()
     assert not at.exception, at.exception
-    [summary] = conversations.list_conversations("local")
+    [summary] = conversations_list.list_conversations("local")
     thread = conversations.path("local", summary.id)
     assert [m.role for m in thread] == ["user", "assistant"]
     assert thread[0].text == "Carry me over" and thread[1].text.startswith("Echo: Carry me over")

@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import streamlit as st
 
 from core import conversations as convs
+from core import conversations_list as listing
+from core import conversations_transfer as transfer
 from core.i18n import DEFAULT, set_language, t
 from core.ui import chat
 
@@ -48,7 +50,7 @@ def sidebar(user: str, cid: str | None) -> None:
     found = side.text_input(t("convo.search"), key="convo_search",
                             placeholder=t("convo.search_hint"), icon=":material/search:")
     if found and found.strip():
-        hits = convs.search(user, found, limit=LIST_STEP)
+        hits = listing.search(user, found, limit=LIST_STEP)
         if not hits:
             side.caption(t("convo.no_hits"))
         for hit in hits:
@@ -62,11 +64,11 @@ def sidebar(user: str, cid: str | None) -> None:
 def _listing(user: str, cid: str | None) -> None:
     side = st.sidebar
     n = st.session_state.get(_LIST, LIST_STEP)
-    items = convs.list_conversations(user, limit=n + 1)
+    items = listing.list_conversations(user, limit=n + 1)
     more, items = len(items) > n, items[:n]
     zone = browser_zone()
     today = datetime.now(zone).date()
-    for day, group in convs.group_by_day(items, zone):
+    for day, group in listing.group_by_day(items, zone):
         side.caption(day_label(day, today))
         for item in group:
             _item(item, cid)
@@ -79,7 +81,7 @@ def _more() -> None:
     st.session_state[_LIST] = st.session_state.get(_LIST, LIST_STEP) + LIST_STEP
 
 
-def _item(item: convs.Summary, cid: str | None, snippet: str = "") -> None:
+def _item(item: listing.Summary, cid: str | None, snippet: str = "") -> None:
     title = item.title or t("convo.untitled")
     st.sidebar.button(title, key=f"convo_open_{item.id}", width="stretch",
                       type="primary" if item.id == cid else "tertiary",
@@ -89,7 +91,7 @@ def _item(item: convs.Summary, cid: str | None, snippet: str = "") -> None:
 def _open_one(user: str, cid: str) -> None:
     """The open conversation: its running total, its context gauge, rename, delete, export."""
     side = st.sidebar
-    spent = convs.spent(user, cid)
+    spent = listing.spent(user, cid)
     if spent.calls:
         if spent.cost_usd is None:
             cost = t("meta.cost_unknown")
@@ -120,7 +122,7 @@ def _open_one(user: str, cid: str) -> None:
                            file_name=f"conversation-{cid}.md", mime="text/markdown",
                            icon=":material/download:", on_click="ignore")
         st.download_button(t("convo.export_json"), key="convo_export_json",
-                           data=functools.partial(convs.export_json, user, cid,
+                           data=functools.partial(transfer.export_json, user, cid,
                                                   all_branches=True),
                            file_name=f"conversation-{cid}.json", mime="application/json",
                            icon=":material/download:", on_click="ignore")
@@ -138,7 +140,7 @@ def _open_one(user: str, cid: str) -> None:
 def _export_md(user: str, cid: str, lang: str) -> str:
     # Built on click, outside the script run: the reader's language is set again here.
     set_language(lang)
-    return convs.export_markdown(user, cid)
+    return transfer.export_markdown(user, cid)
 
 
 def _rename(user: str, cid: str) -> None:
@@ -183,6 +185,6 @@ def _import(user: str) -> None:
 def import_file(user: str, data: bytes) -> tuple[str | None, str | None]:
     """An uploaded file as a new conversation: its id, or the sentence saying why not."""
     try:
-        return convs.import_json(user, data).id, None
-    except convs.ImportRefused as err:
+        return transfer.import_json(user, data).id, None
+    except transfer.ImportRefused as err:
         return None, t(err.key, **err.context)

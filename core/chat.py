@@ -1,0 +1,266 @@
+"""The chat turn without streamlit: a question saved in its conversation, the request built
+from the branch it ends, the metered call and its `Run`, the answer saved from the worker, and
+titles.
+
+Like `core.compare` for compare: `core.ui.chat` keeps the session's state and draws, and a
+test drives every step here without Streamlit. A turn is returned before it starts (`start()`),
+so the page can register it first: a run that went out is always one the next script run
+finds. Its answer is saved by the run's worker thread (`on_end`), so a Stop or a rerun that
+ends the script run loses nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from sqlalchemy import Engine
+
+from core import conversations as convs
+from core.config import Endpoint
+from core.conversations import ChatMessage, Conversation
+from core.conversations_context import (
+    Fit,
+    context_window,
+    fit_context,
+    reserve_for_answer,
+    sendable,
+)
+from core.metering import Call
+from core.providers import Message, Params, ProviderError
+from core.runner import Run
+
+MAX_MESSAGE_CHARS = 500_000
+TITLE_TIMEOUT_S = 60.0
+# C0 controls other than tab and newlines break JSON bodies, logs and PostgreSQL text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+TITLE_PROMPT = (
+    "Write a title of at most six words (or twelve Chinese characters) for a conversation "
+    "that starts with the message below, in the message's language. Answer with the title "
+    "only, no quotes, no final punctuation.\n\nMessage:\n{text}"
+)
+
+
+class ChatRefused(ValueError):
+    """A message the flow will not send; `key` and `context` make the sentence to show."""
+
+    def __init__(self, key: str, **context: str) -> None:
+        self.key = key
+        self.context = context
+        super().__init__(key)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where a message goes and how: the endpoint, the model, its parameters, the system
+    prompt. A conversation remembers the settings it was last sent with."""
+
+    endpoint: Endpoint
+    model: str
+    params: Params = Params()
+    system: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one turn sends: the messages that fit the model's window and the parameters."""
+
+    fit: Fit
+    params: Params  # as sent: Ollama gets the window it should use (num_ctx)
+    window: int  # the model's context window, in tokens
+
+    @property
+    def messages(self) -> list[Message]:
+        """The system prompt (when set) and the turns that fit, oldest first."""
+        return self.fit.messages
+
+
+def clean_prompt(text: str | None) -> str | None:
+    """The message to send, or None when there is nothing to send."""
+    if text is None:
+        return None
+    text = _CONTROL.sub("", text)
+    return text if text.strip() else None
+
+
+def request(settings: Settings, path_messages: Sequence[ChatMessage]) -> Request:
+    """The request for the branch `path_messages` (oldest first, ending with the question):
+    the turns that may be sent, trimmed to the model's window, oldest turn first."""
+    window = context_window(settings.endpoint, settings.model)
+    reserve = reserve_for_answer(settings.params.max_tokens, window)
+    fit = fit_context(settings.system, sendable(path_messages), window, reserve)
+    params = settings.params
+    if settings.endpoint.kind == "ollama":
+        params = replace(params, num_ctx=window)
+    return Request(fit, params, window)
+
+
+class ChatTurn:
+    """One question and its answer: the request, the metered call, the run that makes it.
+
+    `start()` sends it; `stop()` ends it, keeping the partial answer; `finished` says whether
+    the answer has been saved. `seq` is the conversation's sequence number once the question
+    was written (what the tab that sent it has seen); `on_saved(turn, seq)` is told the
+    number the answer's own writes left.
+    """
+
+    def __init__(self, user: str, cid: str, question: ChatMessage, req: Request,
+                 settings: Settings, seq: int, *, ask_title: bool = False,
+                 on_saved: Callable[[ChatTurn, int], object] | None = None,
+                 eng: Engine | None = None) -> None:
+        self.user = user
+        self.cid = cid
+        self.question = question
+        self.request = req
+        self.settings = settings
+        self.seq = seq
+        self.ask_title = ask_title
+        self._on_saved = on_saved
+        self._eng = eng
+        self.call = Call(settings.endpoint, settings.model, req.messages, req.params,
+                         user_id=user, source="chat", conversation_id=cid, eng=eng)
+        self.run = Run([self.call], on_end=self._save)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the answer has ended and been saved."""
+        return self.run.finished
+
+    def start(self) -> ChatTurn:
+        """Send the request (once); returns self."""
+        self.run.start()
+        return self
+
+    def stop(self) -> None:
+        """End the answer now; it keeps what it has (thread-safe, idempotent)."""
+        self.run.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the answer is saved or `timeout` seconds passed; True if saved."""
+        return self.run.wait(timeout)
+
+    def _save(self, call: Call) -> None:
+        """The answer as it ended, saved (on the run's worker thread)."""
+        status = call.status if call.status in ("ok", "stopped") else "error"
+        reply = ChatMessage("assistant", call.text, call.reasoning, status=status,
+                            error_kind=error_kind(call.error) if status == "error" else None,
+                            call_id=call.row_id, model=call.model)
+        assert self.question.id is not None
+        try:
+            saved = convs.save_reply(self.user, self.cid, reply, parent_id=self.question.id,
+                                     eng=self._eng)
+            current = convs.get(self.user, self.cid, eng=self._eng)
+            if current.leaf_id != saved.id and saved.id is not None:
+                # A regenerated answer: the branch on screen moves onto it from the old answer.
+                convs.switch_branch(self.user, self.cid, saved.id, seq=current.seq,
+                                    eng=self._eng)
+            if self.ask_title and status == "ok":
+                self._title(call.model)
+            after = convs.get(self.user, self.cid, eng=self._eng).seq
+        except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
+            return
+        if self._on_saved is not None:
+            self._on_saved(self, after)
+
+    def _title(self, model: str) -> None:
+        def ask(messages: list[Message]) -> str:
+            call = Call(self.settings.endpoint, model, messages, Params(max_tokens=30),
+                        user_id=self.user, source="title", conversation_id=self.cid,
+                        eng=self._eng)
+            call.run_sync(timeout=TITLE_TIMEOUT_S)
+            if call.error is not None:
+                raise call.error
+            return call.text
+
+        convs.rename(self.user, self.cid, title_with_model(self.question.text, ask),
+                     eng=self._eng)
+
+
+def error_kind(err: ProviderError | None) -> str | None:
+    """How a failed answer is saved: the catalog key of its sentence, less "error."."""
+    if err is None:
+        return None
+    return err.hint.removeprefix("error.")
+
+
+def remember_settings(user: str, conversation: Conversation | None, settings: Settings, *,
+                      seq: int, eng: Engine | None = None) -> tuple[str, int]:
+    """The conversation a message goes to (a new one when None) with the settings it is sent
+    with remembered; its id and `seq`. `ConversationChanged` when it changed since `seq`."""
+    if conversation is None:
+        conv = convs.create(user, endpoint=settings.endpoint.name, model=settings.model,
+                            system=settings.system, params=settings.params, eng=eng)
+        return conv.id, conv.seq
+    c = conversation
+    if (c.endpoint, c.model, c.system, c.params) == (
+            settings.endpoint.name, settings.model, settings.system, settings.params):
+        return c.id, seq
+    return c.id, convs.update_settings(user, c.id, seq=seq, endpoint=settings.endpoint.name,
+                                       model=settings.model, system=settings.system,
+                                       params=settings.params, eng=eng)
+
+
+def send(user: str, prompt: str, settings: Settings, *, conversation: Conversation | None = None,
+         parent_id: int | None = None, seq: int = 0, ask_title: bool = False,
+         on_saved: Callable[[ChatTurn, int], object] | None = None,
+         eng: Engine | None = None) -> ChatTurn:
+    """Save `prompt` as a question below `parent_id` in `conversation` (a new conversation when
+    None, which is then titled after it, by the model when `ask_title`) and return its turn,
+    not yet started.
+
+    `seq` is the conversation's sequence number the user saw: `ConversationChanged` if it was
+    written elsewhere since, and nothing is saved. `ChatRefused` for a message over
+    `MAX_MESSAGE_CHARS`.
+    """
+    if len(prompt) > MAX_MESSAGE_CHARS:
+        raise ChatRefused("chat.too_long", n=f"{len(prompt):,}", limit=f"{MAX_MESSAGE_CHARS:,}")
+    cid, seq = remember_settings(user, conversation, settings, seq=seq, eng=eng)
+    question, seq = convs.add_message(user, cid, ChatMessage("user", prompt),
+                                      parent_id=parent_id, seq=seq, eng=eng)
+    path_messages = convs.path(user, cid, eng=eng)
+    first = question.position == 0 and question.parent_id is None
+    return ChatTurn(user, cid, question, request(settings, path_messages), settings, seq,
+                    ask_title=ask_title and first, on_saved=on_saved, eng=eng)
+
+
+def regenerate(user: str, settings: Settings, conversation: Conversation, question_id: int, *,
+               seq: int, edited: str | None = None, ask_title: bool = False,
+               on_saved: Callable[[ChatTurn, int], object] | None = None,
+               eng: Engine | None = None) -> ChatTurn | None:
+    """Answer a question of the branch on screen again (a sibling answer), or, with `edited`,
+    save an edited copy of it as its sibling and answer that: each opens a new branch.
+    Returns the turn, not yet started; None when the question is no longer on the branch."""
+    cid = conversation.id
+    full = convs.path(user, cid, eng=eng)
+    ids = [m.id for m in full]
+    if question_id not in ids:
+        return None
+    at = ids.index(question_id)
+    cid, seq = remember_settings(user, conversation, settings, seq=seq, eng=eng)
+    question = full[at]
+    if edited is not None:
+        if len(edited) > MAX_MESSAGE_CHARS:
+            raise ChatRefused("chat.too_long", n=f"{len(edited):,}",
+                              limit=f"{MAX_MESSAGE_CHARS:,}")
+        question, seq = convs.add_message(user, cid, ChatMessage("user", edited),
+                                          parent_id=question.parent_id, seq=seq, eng=eng)
+    first = question.position == 0 and question.parent_id is None
+    return ChatTurn(user, cid, question, request(settings, [*full[:at], question]), settings,
+                    seq, ask_title=ask_title and first, on_saved=on_saved, eng=eng)
+
+
+def title_with_model(first_message: str, ask: Callable[[list[Message]], str],
+                     width: int = convs.TITLE_WIDTH) -> str:
+    """A title asked of a model through `ask` (the caller meters it, source "title"), or the
+    one made from the text when the model fails or answers nothing usable."""
+    fallback = convs.title_from_text(first_message, width)
+    try:
+        answer = ask([Message("user", TITLE_PROMPT.format(text=first_message[:2000]))])
+    except Exception:  # noqa: BLE001 - a title is a nicety; the message's own words will do
+        return fallback
+    line = next((ln for ln in (answer or "").splitlines() if ln.strip()), "")
+    line = line.strip(" \"'“”‘’「」『』《》*#").rstrip("。.!！")
+    line = line.strip(" \"'“”‘’「」『』《》*#")
+    return convs.title_from_text(line, width) if line else fallback
