@@ -84,16 +84,23 @@ def reserve_for_answer(max_tokens: int | None, window: int) -> int:
 
 
 def sendable(path_messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """The turns a request may carry: a question whose answer failed or is empty is left out
-    with its answer, so a request never carries two user messages in a row."""
+    """The turns a request may carry, each user message once and never two in a row.
+
+    The branch ends with the question being asked, which always goes. Before it, a question
+    goes only with its answer: one with no answer (its process died before any was saved),
+    an error, or an answer stopped or interrupted before any text is left out with it; an
+    answer cut short (stopped, interrupted) goes as the text it has.
+    """
     out: list[ChatMessage] = []
+    last = len(path_messages) - 1
     for i, m in enumerate(path_messages):
         if m.role != "user":
             continue
-        answer = path_messages[i + 1] if i + 1 < len(path_messages) else None
-        if answer is None:
+        if i == last:
             out.append(m)
-        elif answer.text and answer.status != "error":
+            break
+        answer = path_messages[i + 1]
+        if answer.role == "assistant" and answer.status != "error" and answer.text.strip():
             out += [m, answer]
     return out
 
