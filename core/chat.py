@@ -11,7 +11,9 @@ ends the script run loses nothing.
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -108,6 +110,7 @@ class ChatTurn:
 
     def __init__(self, user: str, cid: str, question: ChatMessage, req: Request,
                  settings: Settings, seq: int, *, ask_title: bool = False,
+                 title_model: str | None = None,
                  on_saved: Callable[[ChatTurn, int], object] | None = None,
                  eng: Engine | None = None) -> None:
         self.user = user
@@ -117,6 +120,9 @@ class ChatTurn:
         self.settings = settings
         self.seq = seq
         self.ask_title = ask_title
+        self.title_model = title_model or settings.model
+        self.title: Run | None = None  # the title's own run, once the answer is saved
+        self._title_deadline: threading.Timer | None = None
         self._on_saved = on_saved
         self._eng = eng
         self.call = Call(settings.endpoint, settings.model, req.messages, req.params,
@@ -141,8 +147,15 @@ class ChatTurn:
         """Block until the answer is saved or `timeout` seconds passed; True if saved."""
         return self.run.wait(timeout)
 
+    def cancel_title(self) -> None:
+        """Stop the title being asked, if any: the conversation keeps the one made from its
+        first message."""
+        if self.title is not None:
+            self.title.stop()
+
     def _save(self, call: Call) -> None:
-        """The answer as it ended, saved (on the run's worker thread)."""
+        """The answer as it ended, saved (on the run's worker thread); then, for the first
+        answer of a conversation that asks for titles, the title's own run is started."""
         status = call.status if call.status in ("ok", "stopped") else "error"
         reply = ChatMessage("assistant", call.text, call.reasoning, status=status,
                             error_kind=error_kind(call.error) if status == "error" else None,
@@ -156,26 +169,35 @@ class ChatTurn:
                 # A regenerated answer: the branch on screen moves onto it from the old answer.
                 convs.switch_branch(self.user, self.cid, saved.id, seq=current.seq,
                                     eng=self._eng)
-            if self.ask_title and status == "ok":
-                self._title(call.model)
-            after = convs.get(self.user, self.cid, eng=self._eng).seq
+            current = convs.get(self.user, self.cid, eng=self._eng)
         except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
             return
         if self._on_saved is not None:
-            self._on_saved(self, after)
+            self._on_saved(self, current.seq)
+        if self.ask_title and status == "ok":
+            self._ask_title(current.title)
 
-    def _title(self, model: str) -> None:
-        def ask(messages: list[Message]) -> str:
-            call = Call(self.settings.endpoint, model, messages, Params(max_tokens=30),
-                        user_id=self.user, source="title", conversation_id=self.cid,
-                        eng=self._eng)
-            call.run_sync(timeout=TITLE_TIMEOUT_S)
-            if call.error is not None:
-                raise call.error
-            return call.text
+    def _ask_title(self, was: str) -> None:
+        """A title asked of the model in a run of its own: the answer is saved and the turn
+        finished without waiting for it, a Stop or `cancel_title` ends it, and it gives up
+        after TITLE_TIMEOUT_S. Whatever it does, only the title can change."""
+        call = Call(self.settings.endpoint, self.title_model,
+                    title_messages(self.question.text), Params(max_tokens=30),
+                    user_id=self.user, source="title", conversation_id=self.cid, eng=self._eng)
+        self.title = Run([call], on_end=functools.partial(self._titled, was))
+        self._title_deadline = threading.Timer(TITLE_TIMEOUT_S, self.title.stop)
+        self._title_deadline.daemon = True
+        self.title.start()
+        self._title_deadline.start()
 
-        convs.rename(self.user, self.cid, title_with_model(self.question.text, ask),
-                     eng=self._eng)
+    def _titled(self, was: str, call: Call) -> None:
+        if self._title_deadline is not None:
+            self._title_deadline.cancel()
+        if call.status != "ok":
+            return  # a failed or stopped title: the one made from the message stays
+        title = title_from_answer(self.question.text, call.text)
+        # Only over the title made from the message: a rename made meanwhile stands.
+        convs.retitle(self.user, self.cid, title, was=was, eng=self._eng)
 
 
 def error_kind(err: ProviderError | None) -> str | None:
@@ -204,11 +226,12 @@ def remember_settings(user: str, conversation: Conversation | None, settings: Se
 
 def send(user: str, prompt: str, settings: Settings, *, conversation: Conversation | None = None,
          parent_id: int | None = None, seq: int = 0, ask_title: bool = False,
+         title_model: str | None = None,
          on_saved: Callable[[ChatTurn, int], object] | None = None,
          eng: Engine | None = None) -> ChatTurn:
     """Save `prompt` as a question below `parent_id` in `conversation` (a new conversation when
-    None, which is then titled after it, by the model when `ask_title`) and return its turn,
-    not yet started.
+    None, which is then titled after it, by `title_model` (default: the model answering) when
+    `ask_title`) and return its turn, not yet started.
 
     `seq` is the conversation's sequence number the user saw: `ConversationChanged` if it was
     written elsewhere since, and nothing is saved. `ChatRefused` for a message over
@@ -222,7 +245,8 @@ def send(user: str, prompt: str, settings: Settings, *, conversation: Conversati
     path_messages = convs.path(user, cid, eng=eng)
     first = question.position == 0 and question.parent_id is None
     return ChatTurn(user, cid, question, request(settings, path_messages), settings, seq,
-                    ask_title=ask_title and first, on_saved=on_saved, eng=eng)
+                    ask_title=ask_title and first, title_model=title_model,
+                    on_saved=on_saved, eng=eng)
 
 
 def regenerate(user: str, settings: Settings, conversation: Conversation, question_id: int, *,
@@ -251,16 +275,18 @@ def regenerate(user: str, settings: Settings, conversation: Conversation, questi
                     seq, ask_title=ask_title and first, on_saved=on_saved, eng=eng)
 
 
-def title_with_model(first_message: str, ask: Callable[[list[Message]], str],
-                     width: int = convs.TITLE_WIDTH) -> str:
-    """A title asked of a model through `ask` (the caller meters it, source "title"), or the
-    one made from the text when the model fails or answers nothing usable."""
-    fallback = convs.title_from_text(first_message, width)
-    try:
-        answer = ask([Message("user", TITLE_PROMPT.format(text=first_message[:2000]))])
-    except Exception:  # noqa: BLE001 - a title is a nicety; the message's own words will do
-        return fallback
+def title_messages(first_message: str) -> list[Message]:
+    """What a title is asked with: the instruction and the conversation's first message."""
+    return [Message("user", TITLE_PROMPT.format(text=first_message[:2000]))]
+
+
+def title_from_answer(first_message: str, answer: str | None,
+                      width: int = convs.TITLE_WIDTH) -> str:
+    """The title in a model's answer (its first line, quotes and final punctuation taken
+    off), or the one made from the message when the answer holds nothing usable."""
     line = next((ln for ln in (answer or "").splitlines() if ln.strip()), "")
     line = line.strip(" \"'“”‘’「」『』《》*#").rstrip("。.!！")
     line = line.strip(" \"'“”‘’「」『』《》*#")
-    return convs.title_from_text(line, width) if line else fallback
+    if not line:
+        return convs.title_from_text(first_message, width)
+    return convs.title_from_text(line, width)

@@ -327,6 +327,18 @@ def rename(user_id: str, conversation_id: str, title: str, *, seq: int | None = 
         return _bump(conn, user_id, conversation_id, seq, title=_clip_title(title))
 
 
+def retitle(user_id: str, conversation_id: str, title: str, *, was: str,
+            eng: Engine | None = None) -> bool:
+    """Replace a title the app made (`was`) with a better one, unless it changed meanwhile (a
+    rename stands); whether it was replaced. No `seq` bump: a title the app finds is no
+    edit a tab must be told about before it sends."""
+    with _eng(eng).begin() as conn:
+        result = conn.execute(update(_C).where(
+            _C.c.id == conversation_id, _C.c.user_id == user_id, _C.c.title == was
+        ).values(title=_clip_title(title)))
+    return result.rowcount == 1
+
+
 def update_settings(user_id: str, conversation_id: str, *, seq: int | None = None,
                     endpoint: str = _KEEP, model: str = _KEEP, system: str = _KEEP,
                     params: Params = _KEEP, eng: Engine | None = None) -> int:
@@ -539,5 +551,5 @@ __all__ = [
     "Branch", "ChatMessage", "Conversation", "ConversationChanged", "ConversationNotFound",
     "Thread", "add_message", "address", "continue_in_chat", "create", "create_tree",
     "delete_conversation", "get", "load", "new_id", "params_dict", "path", "rename",
-    "save_reply", "switch_branch", "title_from_text", "tree", "update_settings",
+    "retitle", "save_reply", "switch_branch", "title_from_text", "tree", "update_settings",
 ]

@@ -13,7 +13,8 @@ from core.config import make_endpoint
 from core.conversations import ChatMessage
 from core.conversations_context import sendable
 from tests.conftest import API_KEY, call_rows
-from tests.timing import WAIT_S
+from tests.fakes import FakeOpenAIServer
+from tests.timing import WAIT_S, wait_until
 
 ME = "ana@example.com"
 
@@ -121,3 +122,62 @@ def test_two_tabs_sending_into_one_conversation_at_once_write_one_question(
     users = [m.text for m in convs.path(ME, conv.id) if m.role == "user"]
     assert users == ["first", turns[0].question.text]
     assert sent_users(openai_server) == users
+
+
+# --- titles --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hanging_server():
+    """A server whose "fault-slow" model takes ten minutes to its first token."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=12, slow_first_token=600) as server:
+        yield server
+
+
+def test_a_title_model_that_hangs_holds_up_nothing_and_can_be_cancelled(db, hanging_server):
+    text = "How do I keep sourdough starter alive over a long holiday?"
+    turn = chat.send(ME, text, settings(hanging_server), ask_title=True,
+                     title_model="fault-slow").start()
+    # The answer is saved and the turn finished while the title's request still hangs.
+    assert turn.wait(WAIT_S), "the answer waited for its title"
+    wait_until(lambda: [r["source"] for r in call_rows(db)] == ["chat", "title"],
+               what="the title's call to go out")
+    assert turn.title is not None and not turn.title.finished
+    [question, answer] = convs.path(ME, turn.cid)
+    assert answer.status == "ok" and answer.text.startswith("Echo: How do I keep")
+    assert convs.get(ME, turn.cid).title == convs.title_from_text(text)
+    # The conversation goes on meanwhile: the next message is not told "changed elsewhere".
+    ask(hanging_server, "And in a warm kitchen?", convs.get(ME, turn.cid))
+    turn.cancel_title()
+    assert turn.title.wait(WAIT_S)
+    assert [(r["source"], r["status"]) for r in call_rows(db)] == [
+        ("chat", "ok"), ("title", "stopped"), ("chat", "ok")]
+    assert convs.get(ME, turn.cid).title == convs.title_from_text(text)
+    assert hanging_server.wait_for_hangups(1, timeout=WAIT_S)  # the request was dropped
+
+
+def test_a_failed_title_changes_nothing_else_and_a_good_one_replaces_the_first(
+        db, openai_server):
+    failed = chat.send(ME, "Plan a trip to Kyoto", settings(openai_server), ask_title=True,
+                       title_model="fault-500").start()
+    assert failed.wait(WAIT_S) and failed.title is not None and failed.title.wait(WAIT_S)
+    assert convs.get(ME, failed.cid).title == "Plan a trip to Kyoto"
+    assert [m.status for m in convs.path(ME, failed.cid)] == ["ok", "ok"]
+    good = chat.send(ME, "Plan a trip to Osaka", settings(openai_server),
+                     ask_title=True).start()
+    assert good.wait(WAIT_S) and good.title is not None and good.title.wait(WAIT_S)
+    # The fake echoes the instruction, so the model's "title" starts with "Echo".
+    assert convs.get(ME, good.cid).title.startswith("Echo")
+    assert [(r["source"], r["status"]) for r in call_rows(db)] == [
+        ("chat", "ok"), ("title", "error"), ("chat", "ok"), ("title", "ok")]
+
+
+def test_a_rename_made_while_the_title_is_asked_stands(db, openai_server):
+    turn = chat.send(ME, "Name my cat", settings(openai_server), ask_title=True,
+                     title_model="fault-slow").start()  # the title comes 1.5 s after
+    assert turn.wait(WAIT_S)
+    convs.rename(ME, turn.cid, "Cats")
+    assert turn.title is not None and turn.title.wait(WAIT_S)
+    assert [(r["source"], r["status"]) for r in call_rows(db)] == [("chat", "ok"),
+                                                                  ("title", "ok")]
+    assert convs.get(ME, turn.cid).title == "Cats"

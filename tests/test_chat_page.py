@@ -16,6 +16,7 @@ from core.ui import chat as chat_ui
 from core.ui.conversations import import_file
 from tests.conftest import API_KEY, call_rows
 from tests.test_app import ENTRY, screen_text
+from tests.timing import wait_until
 
 MODEL_BOX = "chat_model_OpenAI-compatible"
 
@@ -267,11 +268,14 @@ def test_titles_come_from_the_first_message_or_when_asked_from_the_model(db, fak
     at.button(key="convo_new").click().run()
     at.sidebar.toggle(key="chat_ask_titles").set_value(True).run()
     send(at, "Second conversation here", model=None)
-    rows = call_rows(db)
+    # The title is a run of its own, after the answer is saved: it comes a little later.
+    rows = wait_until(lambda: (r := call_rows(db)) and r[-1]["status"] == "ok"
+                      and r[-1]["source"] == "title" and r, what="the title's call")
     assert [r["source"] for r in rows] == ["chat", "chat", "title"]
     assert rows[-1]["conversation_id"] == address(at)  # metered with its conversation
     # The fake echoes the prompt, so the model's "title" starts with the instruction's words.
-    assert convs.get("local", address(at)).title.startswith("Echo")
+    wait_until(lambda: convs.get("local", address(at)).title.startswith("Echo"),
+               what="the model's title")
 
 
 def test_the_gauge_shows_how_full_the_context_is_on_opening(db, fake_openai):

@@ -343,21 +343,13 @@ def test_titles_from_the_first_message():
 
 
 def test_a_title_asked_of_the_model_and_its_fallback():
-    asked: list[list[Message]] = []
-
-    def model(messages: list[Message]) -> str:
-        asked.append(messages)
-        return '"Kyoto trip plan."\nextra line'
-
-    assert flow.title_with_model("Plan a trip to Kyoto in May", model) == "Kyoto trip plan"
-    assert "Plan a trip to Kyoto in May" in asked[0][-1].content
-
-    def broken(_messages: list[Message]) -> str:
-        raise RuntimeError("rate limited")
-
-    assert flow.title_with_model("Plan a trip to Kyoto", broken) == "Plan a trip to Kyoto"
-    assert flow.title_with_model("Plan a trip", lambda _m: "  ") == "Plan a trip"
-    assert flow.title_with_model("问题", lambda _m: "「京都旅行计划」。") == "京都旅行计划"
+    [asked] = flow.title_messages("Plan a trip to Kyoto in May")
+    assert asked.role == "user" and "Plan a trip to Kyoto in May" in asked.content
+    answer = '"Kyoto trip plan."\nextra line'
+    assert flow.title_from_answer("Plan a trip to Kyoto in May", answer) == "Kyoto trip plan"
+    assert flow.title_from_answer("Plan a trip to Kyoto", None) == "Plan a trip to Kyoto"
+    assert flow.title_from_answer("Plan a trip", "  ") == "Plan a trip"
+    assert flow.title_from_answer("问题", "「京都旅行计划」。") == "京都旅行计划"
 
 
 # --- the context that fits -----------------------------------------------------------------

@@ -340,6 +340,15 @@ def stop_reply() -> None:
         stop_run(turn.run)
 
 
+def forget(cid: str) -> None:
+    """A conversation is being deleted: its answer still streaming and its title being asked
+    are stopped, so nothing is saved into it."""
+    turn = _active()
+    if turn is not None and turn.cid == cid:
+        stop_run(turn.run)
+        turn.cancel_title()
+
+
 # --- sending -------------------------------------------------------------------------------
 
 

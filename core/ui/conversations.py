@@ -158,8 +158,9 @@ def _rename(user: str, cid: str) -> None:
 
 def _delete(user: str, cid: str) -> None:
     st.session_state.pop(_CONFIRM, None)
+    chat.forget(cid)  # its reply and title stop: nothing is saved into it
     if st.session_state.get(chat.VIEW, {}).get("cid") == cid:
-        chat.new_chat()  # stops its reply too: nothing is saved into a deleted conversation
+        chat.new_chat()
     with contextlib.suppress(convs.ConversationNotFound):  # gone already: as wanted
         convs.delete_conversation(user, cid)
 
