@@ -12,7 +12,6 @@ ends the script run loses nothing.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -35,8 +34,6 @@ from core.runner import Run
 
 MAX_MESSAGE_CHARS = 500_000
 TITLE_TIMEOUT_S = 60.0
-# C0 controls other than tab and newlines break JSON bodies, logs and PostgreSQL text.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 TITLE_PROMPT = (
     "Write a title of at most six words (or twelve Chinese characters) for a conversation "
@@ -83,7 +80,7 @@ def clean_prompt(text: str | None) -> str | None:
     """The message to send, or None when there is nothing to send."""
     if text is None:
         return None
-    text = _CONTROL.sub("", text)
+    text = convs.strip_controls(text)
     return text if text.strip() else None
 
 
@@ -216,9 +213,9 @@ def remember_settings(user: str, conversation: Conversation | None, settings: Se
                             system=settings.system, params=settings.params, eng=eng)
         return conv.id, conv.seq
     c = conversation
-    if (c.endpoint, c.model, c.system, c.params) == (
+    if not c.notes and (c.endpoint, c.model, c.system, c.params) == (
             settings.endpoint.name, settings.model, settings.system, settings.params):
-        return c.id, seq
+        return c.id, seq  # unchanged; stored values that were left out are written over
     return c.id, convs.update_settings(user, c.id, seq=seq, endpoint=settings.endpoint.name,
                                        model=settings.model, system=settings.system,
                                        params=settings.params, eng=eng)

@@ -17,6 +17,8 @@ a model's window in `conversations_context`.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import unicodedata
 from collections.abc import Hashable, Sequence
@@ -24,14 +26,18 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, select, update
+from sqlalchemy import Connection, Engine, Text, case, cast, delete, select, update
 
 from core import store
-from core.providers.base import Message, Params
+from core.providers.base import Message, Params, param_ok
 
 ROLES = ("user", "assistant")
 MESSAGE_STATUSES = ("ok", "stopped", "error")
 TITLE_WIDTH = 40  # display columns: a CJK character counts two
+# A message's text or reasoning: more is refused on import and cut short on load.
+MAX_TEXT_CHARS = 2_000_000
+# C0 controls other than tab and newlines break JSON bodies, logs and PostgreSQL text (NUL).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _C = store.conversations
 _M = store.messages
@@ -94,6 +100,9 @@ class Conversation:
     params: Params
     seq: int
     leaf_id: int | None
+    # Stored values that could not be used and were left out ("temperature=5"), to tell the
+    # user: a bad value never stops the conversation from opening.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class Thread:
     earlier: int  # messages on the path before `messages`, not loaded
     branches: dict[int, Branch]  # for each loaded message
     leaf_id: int | None  # the end of the active path: the parent of the next message sent
+    notes: tuple[str, ...] = ()  # stored values left out: the conversation's and its messages'
 
     @property
     def seq(self) -> int:
@@ -150,21 +160,23 @@ def load(user_id: str, conversation_id: str, *, last: int | None = 50,
     Reads the tree's ids and parents (an index, no text), walks the path, then reads the text
     of the messages shown only, so a long conversation costs little more than a short one.
     """
+    notes: list[str] = []
     with _eng(eng).connect() as conn:
         conv = _get(conn, user_id, conversation_id)
         parents, children = _tree(conn, conversation_id)
         leaf = _leaf(conv.leaf_id, parents, children)
-        on_path = _path(parents, leaf)
+        on_path = _path(parents, leaf, notes)
         if last is None:
             shown = on_path
         else:
             shown = on_path[max(0, len(on_path) - last):] if last > 0 else []
-        rows = _messages_by_id(conn, conversation_id, shown)
+        rows = _messages_by_id(conn, conversation_id, shown, notes)
     branches = {}
     for mid in shown:
-        siblings = tuple(children[parents[mid]])
+        siblings = tuple(children.get(parents.get(mid), [mid]))
         branches[mid] = Branch(siblings.index(mid) + 1, siblings)
-    return Thread(conv, [rows[i] for i in shown], len(on_path) - len(shown), branches, leaf)
+    return Thread(conv, [rows[i] for i in shown], len(on_path) - len(shown), branches, leaf,
+                  (*conv.notes, *notes))
 
 
 def path(user_id: str, conversation_id: str, *, eng: Engine | None = None) -> list[ChatMessage]:
@@ -403,20 +415,42 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# The stored parameters as text, parsed here: a value the JSON type could not read (or one
+# nested too deeply to) is left out with a note instead of failing the whole read.
+_CONV_COLS = (*(c for c in _C.c if c.name != "params"), cast(_C.c.params, Text).label("params"))
+
+
 def _get(conn: Connection, user_id: str, conversation_id: str) -> Conversation:
-    row = conn.execute(select(_C).where(_C.c.id == conversation_id,
-                                        _C.c.user_id == user_id)).first()
+    row = conn.execute(select(*_CONV_COLS).where(_C.c.id == conversation_id,
+                                                 _C.c.user_id == user_id)).first()
     if row is None:
         raise ConversationNotFound(conversation_id)
+    notes: list[str] = []
     return Conversation(
         id=row.id, user_id=row.user_id, title=row.title, created_at=store.as_utc(row.created_at),
         updated_at=store.as_utc(row.updated_at), endpoint=row.endpoint, model=row.model,
-        system=row.system_prompt, params=_params(row.params), seq=row.seq, leaf_id=row.leaf_id)
+        system=row.system_prompt.replace("\x00", ""), params=_stored_params(row.params, notes),
+        seq=row.seq, leaf_id=row.leaf_id, notes=tuple(notes))
 
 
-def _message(row: Any) -> ChatMessage:
+def _message(row: Any, notes: list[str] | None = None) -> ChatMessage:
+    """A stored message as the app can use it: a role or status it does not know, or a text
+    beyond MAX_TEXT_CHARS, is mended and noted (on `notes`) rather than failing the read."""
+    notes = [] if notes is None else notes
+    role, status = row.role, row.status
+    if role not in ROLES:
+        notes.append(f"message {row.id}: role={role!r}")
+        role = "assistant"
+    if status not in MESSAGE_STATUSES:
+        notes.append(f"message {row.id}: status={status!r}")
+        status = "error"
+    text, reasoning = row.text or "", row.reasoning or ""
+    for name, value in (("text", text), ("reasoning", reasoning)):
+        if len(value) > MAX_TEXT_CHARS:
+            notes.append(f"message {row.id}: {name} of {len(value):,} characters, cut short")
     return ChatMessage(
-        role=row.role, text=row.text, reasoning=row.reasoning, status=row.status,
+        role=role, text=text[:MAX_TEXT_CHARS].replace("\x00", ""),
+        reasoning=reasoning[:MAX_TEXT_CHARS].replace("\x00", ""), status=status,
         error_kind=row.error_kind, call_id=row.call_id, model=row.model, id=row.id,
         parent_id=row.parent_id, position=row.position, created_at=store.as_utc(row.created_at))
 
@@ -503,30 +537,66 @@ def _descend(children: dict[int | None, list[int]], start: int | None) -> int | 
     return node
 
 
-def _path(parents: dict[int, int | None], leaf: int | None) -> list[int]:
-    out = []
+def _path(parents: dict[int, int | None], leaf: int | None,
+          notes: list[str] | None = None) -> list[int]:
+    """From the root down to `leaf`. A stored tree that loops, or points at a parent outside
+    the conversation, is cut where it does (and noted) rather than walked forever."""
+    out: list[int] = []
+    seen: set[int] = set()
     node = leaf
     while node is not None:
+        if node in seen or node not in parents:
+            if notes is not None:
+                notes.append(f"message {node}: a broken link in the tree")
+            break
+        seen.add(node)
         out.append(node)
         node = parents[node]
     out.reverse()
     return out
 
 
-def _messages_by_id(conn: Connection, conversation_id: str,
-                    ids: Sequence[int]) -> dict[int, ChatMessage]:
+def _messages_by_id(conn: Connection, conversation_id: str, ids: Sequence[int],
+                    notes: list[str] | None = None) -> dict[int, ChatMessage]:
     found: dict[int, ChatMessage] = {}
     for i in range(0, len(ids), 500):  # a bounded IN list for every database
         chunk = ids[i:i + 500]
         rows = conn.execute(select(_M).where(_M.c.conversation_id == conversation_id,
                                              _M.c.id.in_(chunk)))
-        found.update((r.id, _message(r)) for r in rows)
+        found.update((r.id, _message(r, notes)) for r in rows)
     return found
 
 
-def _params(value: dict[str, Any] | None) -> Params:
+def _stored_params(raw: str | None, notes: list[str]) -> Params:
+    """Params from their stored JSON text: what cannot be read, is of the wrong kind or out of
+    range (a temperature of 5) is left out and noted; names the app does not know are
+    ignored."""
+    try:
+        value = json.loads(raw) if raw else {}
+    except (ValueError, RecursionError):
+        notes.append("params: not readable")
+        return Params()
+    if value is None:
+        return Params()
+    if not isinstance(value, dict):
+        notes.append("params: not a set of parameters")
+        return Params()
     known = {f.name for f in fields(Params)}
-    return Params(**{k: v for k, v in (value or {}).items() if k in known})
+    kept = {}
+    for name, v in value.items():
+        if name not in known:
+            continue
+        if param_ok(name, v):
+            kept[name] = v
+        else:
+            notes.append(f"{name}={str(v)[:40]}")
+    return Params(**kept)
+
+
+def strip_controls(text: str) -> str:
+    """Text without the control characters (NUL and the like; tab and newlines stay) that
+    break JSON bodies, logs and PostgreSQL."""
+    return _CONTROL.sub("", text)
 
 
 def params_dict(params: Params) -> dict[str, Any]:
@@ -551,5 +621,6 @@ __all__ = [
     "Branch", "ChatMessage", "Conversation", "ConversationChanged", "ConversationNotFound",
     "Thread", "add_message", "address", "continue_in_chat", "create", "create_tree",
     "delete_conversation", "get", "load", "new_id", "params_dict", "path", "rename",
-    "retitle", "save_reply", "switch_branch", "title_from_text", "tree", "update_settings",
+    "retitle", "save_reply", "strip_controls", "switch_branch", "title_from_text", "tree",
+    "update_settings",
 ]

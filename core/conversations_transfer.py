@@ -14,14 +14,15 @@ from typing import Any
 from sqlalchemy import Engine
 
 from core import conversations as convs
-from core.conversations import ROLES, ChatMessage, Conversation
+from core.conversations import MAX_TEXT_CHARS, ROLES, ChatMessage, Conversation, strip_controls
 from core.i18n import t
-from core.providers.base import Params
+from core.providers.base import PARAM_RANGES, Params, param_ok
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024  # refused before parsing
 FORMAT = "owngpt.conversation"
 FORMAT_VERSION = 1
 IMPORTED_STATUSES = ("ok", "stopped", "error")
+NAME_CHARS = 200  # an endpoint's or a model's name, as the database keeps it
 
 
 class ImportRefused(ValueError):
@@ -100,7 +101,9 @@ def import_json(user_id: str, data: bytes | str, *, max_bytes: int = MAX_IMPORT_
     """A new conversation from an `export_json` document, every branch and the active path.
 
     Refuses, with `ImportRefused`, a file over `max_bytes` (before reading it as JSON), one
-    that is not JSON, and JSON of any other shape; nothing is saved then.
+    that is not JSON or nests too deeply to read, JSON of any other shape, a parameter out of
+    its range and a message over MAX_TEXT_CHARS; nothing is saved then. Control characters
+    (NUL...) are taken out of every text: PostgreSQL refuses NUL.
     """
     size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
     if size > max_bytes:
@@ -110,6 +113,8 @@ def import_json(user_id: str, data: bytes | str, *, max_bytes: int = MAX_IMPORT_
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ImportRefused("convo.import_not_json", detail=str(exc)[:200]) from None
+    except RecursionError:  # [[[[...]]]] thousands deep: Python's parser gives up
+        raise ImportRefused("convo.import_too_deep") from None
     conv, items, active = _validate(doc)
     return convs.create_tree(user_id, title=conv["title"], endpoint=conv["endpoint"],
                              model=conv["model"], system=conv["system"], params=conv["params"],
@@ -139,9 +144,13 @@ def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessag
     conv: dict[str, Any] = {}
     for name in ("title", "endpoint", "model", "system"):
         value = doc.get(name, "")
-        if not isinstance(value, str):
+        if not isinstance(value, str) or (name in ("endpoint", "model")
+                                          and len(value) > NAME_CHARS):
             raise bad(name)
-        conv[name] = value
+        if len(value) > MAX_TEXT_CHARS:
+            raise ImportRefused("convo.import_too_long", where=name, n=f"{len(value):,}",
+                                limit=f"{MAX_TEXT_CHARS:,}")
+        conv[name] = strip_controls(value)
     raw_params = doc.get("params") or {}
     if not isinstance(raw_params, dict):
         raise bad("params")
@@ -149,6 +158,10 @@ def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessag
         kinds = _PARAM_TYPES.get(name)
         if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
             raise bad("params/" + name)  # a field path, not a catalog key
+        if not param_ok(name, value):
+            low, high = PARAM_RANGES[name]
+            raise ImportRefused("convo.import_out_of_range", where="params/" + name,
+                                value=str(value)[:40], low=f"{low:g}", high=f"{high:g}")
     conv["params"] = Params(**raw_params)
     raw = doc.get("messages")
     if not isinstance(raw, list):
@@ -167,17 +180,24 @@ def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessag
             raise bad(f"{where}.parent")
         if m.get("role") not in ROLES:
             raise bad(f"{where}.role")
-        if not isinstance(m.get("text"), str) or not isinstance(m.get("reasoning", ""), str):
+        text, reasoning = m.get("text"), m.get("reasoning", "")
+        if not isinstance(text, str) or not isinstance(reasoning, str):
             raise bad(f"{where}.text")
+        for name, value in (("text", text), ("reasoning", reasoning)):
+            if len(value) > MAX_TEXT_CHARS:
+                raise ImportRefused("convo.import_too_long", where=f"{where}.{name}",
+                                    n=f"{len(value):,}", limit=f"{MAX_TEXT_CHARS:,}")
         if m.get("status", "ok") not in IMPORTED_STATUSES:
             raise bad(f"{where}.status")
-        if not all(isinstance(m.get(k), (str, type(None))) for k in ("error_kind", "model")):
-            raise bad(f"{where}.model")
+        for name, longest in (("error_kind", 40), ("model", NAME_CHARS)):
+            value = m.get(name)
+            if not isinstance(value, (str, type(None))) or len(value or "") > longest:
+                raise bad(f"{where}.{name}")
         seen.add(mid)
         items.append((mid, parent, ChatMessage(
-            role=m["role"], text=m["text"], reasoning=m.get("reasoning", ""),
+            role=m["role"], text=strip_controls(text), reasoning=strip_controls(reasoning),
             status=m.get("status", "ok"), error_kind=m.get("error_kind"),
-            model=m.get("model"))))
+            model=strip_controls(m["model"]) if m.get("model") else None)))
     active = doc.get("active") or []
     if not isinstance(active, list) or not all(
             isinstance(a, (int, str)) and a in seen for a in active):

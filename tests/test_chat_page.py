@@ -293,3 +293,29 @@ def test_a_conversations_model_is_chosen_even_when_the_server_does_not_list_it(
                        messages=[convs.ChatMessage("user", "hi")]).id
     at = app(c=cid).run()
     assert at.sidebar.selectbox(key=MODEL_BOX).value == "my-deployment"
+
+
+def test_a_conversation_with_bad_stored_settings_opens_with_a_note(db, fake_openai):
+    cid = convs.create("local", endpoint="OpenAI-compatible", model="gpt-4o-mini",
+                       messages=[convs.ChatMessage("user", "hi"),
+                                 convs.ChatMessage("assistant", "hello")]).id
+    with db.begin() as conn:  # as an older version or a hand edit might have left it
+        conn.exec_driver_sql("UPDATE conversations SET params = :p WHERE id = :cid",
+                             {"p": '{"temperature": 5, "top_p": -1, "seed": 3}', "cid": cid})
+    at = app(c=cid).run()
+    assert not at.exception, at.exception
+    assert "temperature=5; top_p=-1" in at.warning[0].value
+    assert on_screen(at) == [("user", "hi"), ("assistant", "hello")]
+    assert at.sidebar.number_input(key="chat_seed").value == 3  # the good value is kept
+    send(at, "and now?", model=None)  # sending saves the settings as they are on screen
+    assert convs.get("local", cid).notes == ()
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({"params": {"temperature": 5}}, "sets “params/temperature” to 5; it must be between 0 and 2"),
+    ({"params": {"top_p": -1}}, "sets “params/top_p” to -1; it must be between 0 and 1"),
+])
+def test_an_import_with_parameters_out_of_range_says_which(db, doc, says):
+    data = {"format": transfer.FORMAT, "version": 1, "messages": [], **doc}
+    cid, problem = import_file("local", json.dumps(data).encode())
+    assert cid is None and says in problem

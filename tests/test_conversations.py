@@ -469,6 +469,17 @@ def test_export_markdown_reads_like_the_conversation(db):
      "convo.import_bad_shape", "messages[0].parent"),
     (json.dumps({"format": transfer.FORMAT, "version": 1, "params": {"temperature": "hot"},
                  "messages": []}).encode(), "convo.import_bad_shape", "params/temperature"),
+    # Nested 10,000 deep: Python's JSON parser gives up with a RecursionError.
+    (b'{"format": "owngpt.conversation", "messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+     "convo.import_too_deep", None),
+    (json.dumps({"format": transfer.FORMAT, "version": 1, "params": {"temperature": 5},
+                 "messages": []}).encode(), "convo.import_out_of_range", "params/temperature"),
+    (json.dumps({"format": transfer.FORMAT, "version": 1, "params": {"top_p": -1},
+                 "messages": []}).encode(), "convo.import_out_of_range", "params/top_p"),
+    (b'{"format": "owngpt.conversation", "version": 1, "params": {"temperature": NaN},'
+     b' "messages": []}', "convo.import_out_of_range", "params/temperature"),
+    (json.dumps({"format": transfer.FORMAT, "version": 1, "model": "m" * 500,
+                 "messages": []}).encode(), "convo.import_bad_shape", "model"),
     (json.dumps({"format": transfer.FORMAT, "version": 1, "active": [1, 2],
                  "messages": [{"id": 1, "parent": None, "role": "user", "text": "a"},
                               {"id": 2, "parent": None, "role": "user", "text": "b"}]}).encode(),
@@ -486,6 +497,91 @@ def test_a_bad_import_is_refused_with_a_sentence_and_saves_nothing(db, payload, 
         assert sentence != key and "?" not in sentence.replace("？", "")
     set_language("en")
     assert cl.count_conversations(ME, eng=db) == 0 and message_count(db) == 0
+
+
+def test_a_40_mb_message_is_refused_with_a_sentence(db):
+    doc = {"format": transfer.FORMAT, "version": 1,
+           "messages": [{"id": 1, "parent": None, "role": "user", "text": "x" * 40_000_000}]}
+    with pytest.raises(transfer.ImportRefused) as refused:
+        transfer.import_json(ME, json.dumps(doc).encode(), eng=db)
+    assert t(refused.value.key, **refused.value.context) == (
+        "“messages[0].text” in the file is 40,000,000 characters long; a message can be at "
+        "most 2,000,000.")
+    assert cl.count_conversations(ME, eng=db) == 0
+
+
+def test_nul_bytes_are_taken_out_of_an_import(db):
+    doc = {"format": transfer.FORMAT, "version": 1, "title": "ti\x00tle", "system": "be\x00 kind",
+           "messages": [{"id": 1, "parent": None, "role": "user", "text": "hel\x00lo"},
+                        {"id": 2, "parent": 1, "role": "assistant", "text": "o\x00k",
+                         "reasoning": "\x00", "model": "g\x00pt"}]}
+    conv = transfer.import_json(ME, json.dumps(doc), eng=db)
+    with db.connect() as conn:
+        stored = [r for t_ in (store.conversations, store.messages)
+                  for r in conn.execute(select(t_))]
+    assert all("\x00" not in str(value) for row in stored for value in row)
+    assert (conv.title, conv.system) == ("title", "be kind")
+    assert [(m.text, m.model) for m in cv.path(ME, conv.id, eng=db)] == [("hello", None),
+                                                                        ("ok", "gpt")]
+
+
+def test_a_branch_10000_messages_deep_imports_loads_and_fits(db):
+    chain = [{"id": i, "parent": i - 1 if i else None, "role": "user" if i % 2 == 0 else
+              "assistant", "text": f"m{i}"} for i in range(10_000)]
+    doc = {"format": transfer.FORMAT, "version": 1, "messages": chain}
+    conv = transfer.import_json(ME, json.dumps(doc), eng=db)
+    thread = cv.load(ME, conv.id, eng=db)
+    assert thread.earlier == 10_000 - 50 and thread.messages[-1].text == "m9999"
+    everything = cv.path(ME, conv.id, eng=db)
+    assert len(everything) == 10_000 and everything[-1].position == 9_999
+    fit = ctx.fit_context("", ctx.sendable(everything), 8_192, 1_024)
+    assert fit.messages[-1].content == "m9999" and fit.left_out
+    assert json.loads(transfer.export_json(ME, conv.id, eng=db))["messages"][-1]["text"] == "m9999"
+
+
+def stored(db, conversation_id: str, sql: str, **values) -> None:
+    """Write straight into the database, as an older version or a hand edit might have."""
+    with db.begin() as conn:
+        conn.exec_driver_sql(sql, {"cid": conversation_id, **values})
+
+
+@pytest.mark.parametrize(("params", "noted", "kept"), [
+    ('{"temperature": 5, "top_p": -1, "max_tokens": 300, "seed": "x"}',
+     ["temperature=5", "top_p=-1", "seed=x"], Params(max_tokens=300)),
+    ('{"temperature": NaN, "top_p": 0.5, "mirostat": 2}', ["temperature=nan"], Params(top_p=0.5)),
+    ('{"temperature": ', ["params: not readable"], Params()),
+    ("[" * 10_000 + "]" * 10_000, ["params: not readable"], Params()),
+    ('[0.5]', ["params: not a set of parameters"], Params()),
+])
+def test_bad_stored_parameters_are_left_out_with_a_note(db, params, noted, kept):
+    conv = chat(db, "hello", "hi")
+    stored(db, conv.id, "UPDATE conversations SET params = :p WHERE id = :cid", p=params)
+    got = cv.get(ME, conv.id, eng=db)
+    assert got.params == kept and list(got.notes) == noted
+    thread = cv.load(ME, conv.id, eng=db)
+    assert list(thread.notes) == noted and texts(thread) == ["hello", "hi"]
+
+
+def test_bad_stored_messages_and_a_looping_tree_are_mended_with_a_note(db):
+    conv = chat(db, "one", "two", "three", "four")
+    ids = [m.id for m in cv.path(ME, conv.id, eng=db)]
+    stored(db, conv.id, "UPDATE messages SET role = 'system', text = :t WHERE id = :i",
+           t="a\x00b", i=ids[0])
+    stored(db, conv.id, "UPDATE messages SET status = 'weird' WHERE id = :i", i=ids[1])
+    stored(db, conv.id, "UPDATE messages SET text = :t WHERE id = :i",
+           t="y" * (cv.MAX_TEXT_CHARS + 5), i=ids[3])
+    thread = cv.load(ME, conv.id, eng=db)
+    assert [(m.role, m.status) for m in thread.messages] == [
+        ("assistant", "ok"), ("assistant", "error"), ("user", "ok"), ("assistant", "ok")]
+    assert thread.messages[0].text == "ab" and len(thread.messages[3].text) == cv.MAX_TEXT_CHARS
+    assert thread.notes == (f"message {ids[0]}: role='system'",
+                            f"message {ids[1]}: status='weird'",
+                            f"message {ids[3]}: text of 2,000,005 characters, cut short")
+    # A loop: the first message's parent is the last. The path is cut, never walked forever.
+    stored(db, conv.id, "UPDATE messages SET parent_id = :p WHERE id = :i", p=ids[3], i=ids[0])
+    looped = cv.load(ME, conv.id, eng=db)
+    assert [m.id for m in looped.messages] == ids and any("broken link" in n
+                                                           for n in looped.notes)
 
 
 def test_an_import_over_50_mb_is_refused_before_it_is_parsed(db):

@@ -145,6 +145,9 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
     """
     if thread is None:
         return
+    if thread.notes:
+        st.warning(t("convo.stored_dropped", what="; ".join(thread.notes)),
+                   icon=":material/healing:")
     if action is not None:
         ids = [m.id for m in thread.messages]
         target = action[1]
