@@ -43,7 +43,7 @@ for endpoint in endpoints:
         if left.button(t("settings.test"), key=f"test_{endpoint.name}",
                        icon=":material/network_check:"):
             try:
-                found = connections.check(endpoint)
+                found = connections.check(endpoint, user_id=ui.current_user())
             except ProviderError as err:
                 ui.show_error(err)
             else:

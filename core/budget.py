@@ -134,11 +134,18 @@ def enforce(user_id: str, *, eng: Engine | None = None) -> None:
     eng = eng or store.engine()
     try:
         found = status(user_id, eng=eng)
-    except Exception as exc:  # any database failure means "cannot check"
-        with _lock:
-            last = _known.get((str(eng.url), user_id))
-        if last is not None and last.hard_stop:
-            raise BudgetUnavailable() from exc
+    except Exception as exc:  # noqa: BLE001 - any database failure means "cannot check"
+        unchecked(user_id, url=str(eng.url), cause=exc)
         return
     if found is not None and found.budget.hard_stop and found.level == "over":
         raise BudgetExceeded(found.spent, found.budget)
+
+
+def unchecked(user_id: str, *, url: str, cause: BaseException | None = None) -> None:
+    """The spend could not be read (a database error, or no answer before the metered path's
+    deadline): raises BudgetUnavailable when the last budget seen for this user on the
+    database at `url` had a hard stop (fail closed); otherwise returns."""
+    with _lock:
+        last = _known.get((url, user_id))
+    if last is not None and last.hard_stop:
+        raise BudgetUnavailable() from cause

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 
 from core import conversations as convs
+from core import writes
 from core.config import Endpoint
 from core.conversations import ChatMessage, Conversation
 from core.conversations_context import (
@@ -160,7 +161,7 @@ class ChatTurn:
         assert self.question.id is not None
         try:
             saved = convs.save_reply(self.user, self.cid, reply, parent_id=self.question.id,
-                                     eng=self._eng)
+                                     key=call.key, eng=self._eng)
             current = convs.get(self.user, self.cid, eng=self._eng)
             if current.leaf_id != saved.id and saved.id is not None:
                 # A regenerated answer: the branch on screen moves onto it from the old answer.
@@ -168,6 +169,8 @@ class ChatTurn:
                                     eng=self._eng)
             current = convs.get(self.user, self.cid, eng=self._eng)
         except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
+            return
+        except writes.NotSavedYet:  # kept and saved once the database lets it; the page says so
             return
         if self._on_saved is not None:
             self._on_saved(self, current.seq)

@@ -6,15 +6,16 @@ the worker thread when a pane's call ends and opens its own connection from the 
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
-from core import store
+from core import store, writes
 from core.providers import Message, Params
 
 MIN_PANES, MAX_PANES = 2, 4
@@ -169,19 +170,33 @@ def start_turn(user_id: str, cid: str, prompt: str, *, eng: Engine | None = None
 
 def save_answer(cid: str, turn: int, position: int, *, text: str, reasoning: str = "",
                 status: str, error_kind: str | None = None, call_id: int | None = None,
-                eng: Engine | None = None) -> None:
+                key: str | None = None, eng: Engine | None = None) -> None:
     """Complete one pane's answer. Safe from any thread: one short transaction of its own.
 
     No user_id: the worker only knows the ids the page created for this user's comparison.
+    Written through the write queue (`core.writes`): a locked database is retried, and past
+    its retry window `writes.NotSavedYet` is raised while the answer stays queued. `key` is the
+    call's (`Call.key`): it names the write and finds the call's row if that was written later.
     """
     if status not in store.STATUSES:
         raise ValueError(f"unknown status {status!r}")
+    key = key or secrets.token_hex(16)
+    values = {"text": text, "reasoning": reasoning, "status": status,
+              "error_kind": error_kind, "call_id": call_id}
+    writes.write(f"answer:{key}", functools.partial(_save_answer, cid, turn, position, values,
+                                                    key),
+                 eng=eng, what="compare answer", comparison_id=cid)
+
+
+def _save_answer(cid: str, turn: int, position: int, values: dict[str, Any], key: str,
+                 conn: Connection) -> None:
     a = store.comparison_answers
-    with _eng(eng).begin() as conn:
-        conn.execute(a.update().where(
-            a.c.comparison_id == cid, a.c.turn == turn, a.c.position == position).values(
-            text=text, reasoning=reasoning, status=status, error_kind=error_kind,
-            call_id=call_id))
+    if values["call_id"] is None:  # its call's row may have been written after it ended
+        values = {**values, "call_id": conn.execute(select(store.calls.c.id).where(
+            store.calls.c.call_key == key)).scalar()}
+    # The same values whenever it is written: a retry writes nothing twice.
+    conn.execute(a.update().where(
+        a.c.comparison_id == cid, a.c.turn == turn, a.c.position == position).values(**values))
 
 
 def save_call(cid: str, turn: int, position: int, call: Any, *,
@@ -191,7 +206,7 @@ def save_call(cid: str, turn: int, position: int, call: Any, *,
     save_answer(cid, turn, position, text=call.text or "",
                 reasoning=getattr(call, "reasoning", "") or "",
                 status=call.status, error_kind=error.kind.value if error else None,
-                call_id=call.row_id, eng=eng)
+                call_id=call.row_id, key=getattr(call, "key", None), eng=eng)
 
 
 def load(user_id: str, cid: str, *, eng: Engine | None = None) -> Comparison:

@@ -3,7 +3,7 @@
 "Test connection" must ask the server. Listing models does so, but an endpoint with its
 models configured (Azure deployments, which cannot be listed with an API key) is tested
 with a one-token chat request instead, so a wrong key or a missing deployment fails here,
-not at the user's first message.
+not at the user's first message. That request is metered like every model call.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from core import aio
 from core.config import Endpoint
+from core.metering import Call
 from core.providers import Message, OllamaProvider, Params, ProviderError, provider_for
 from core.providers.base import ErrorKind
 from core.providers.ollama_adapter import PullProgress
@@ -32,8 +32,12 @@ class Check:
     probed: str | None = None
 
 
-def check(endpoint: Endpoint) -> Check:
-    """Ask the endpoint's server whether it answers; raises ProviderError when it does not."""
+def check(endpoint: Endpoint, *, user_id: str) -> Check:
+    """Ask the endpoint's server whether it answers; raises ProviderError when it does not.
+
+    A one-token request is a model call like any other: metered for `user_id` (a row with
+    source "test") and refused by the budget's hard stop. Listing models is not metered.
+    """
     provider = provider_for(endpoint)
     began = time.perf_counter()
     configured = list(endpoint.models)
@@ -42,20 +46,20 @@ def check(endpoint: Endpoint) -> Check:
         if not model:
             raise ProviderError(ErrorKind.BAD_REQUEST, hint="connect.no_model_to_test",
                                 url=endpoint.base_url)
-        probe(endpoint, model)
+        probe(endpoint, model, user_id=user_id)
         return Check(configured or [model], _ms(began), probed=model)
     models = provider.models()
     return Check(models, _ms(began))
 
 
-def probe(endpoint: Endpoint, model: str) -> str:
-    """Send a one-token chat request to `model`; its text, or the ProviderError it raised."""
-    reply = provider_for(endpoint).stream(model, PROBE, Params(max_tokens=1))
-
-    async def run() -> str:
-        return "".join([delta async for delta in reply])
-
-    return aio.run(run(), timeout=PROBE_TIMEOUT)
+def probe(endpoint: Endpoint, model: str, *, user_id: str) -> str:
+    """Send a one-token chat request to `model` through the metered path; its text, or the
+    ProviderError it ended with (the budget's refusal included)."""
+    call = Call(endpoint, model, PROBE, Params(max_tokens=1), user_id=user_id, source="test")
+    call.run_sync(timeout=PROBE_TIMEOUT)
+    if call.error is not None:
+        raise call.error
+    return call.text
 
 
 def can_pull(endpoint: Endpoint) -> bool:

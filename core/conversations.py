@@ -17,18 +17,19 @@ a model's window in `conversations_context`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
 import unicodedata
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Text, case, cast, delete, select, update
 
-from core import store
+from core import store, writes
 from core.providers.base import Message, Params, param_ok
 
 ROLES = ("user", "assistant")
@@ -295,24 +296,41 @@ def add_message(user_id: str, conversation_id: str, message: ChatMessage, *,
 
 
 def save_reply(user_id: str, conversation_id: str, message: ChatMessage, *,
-               parent_id: int, eng: Engine | None = None) -> ChatMessage:
+               parent_id: int, key: str | None = None, eng: Engine | None = None) -> ChatMessage:
     """Save an answer from the worker that streamed it, whatever the page is doing.
 
     No `seq` check: an answer only adds a child to its own question, so it cannot overwrite
     anything. The branch on screen moves to it if it still ends at the question. Saving the
     same call twice returns the first save. `ConversationNotFound` if it was deleted meanwhile.
+
+    Written through the write queue (`core.writes`): a locked database is retried, and past
+    its retry window `writes.NotSavedYet` is raised while the answer stays queued, to be
+    saved once the database lets it. `key` is the call's (`Call.key`): it names the write, and
+    links the answer to its call-log row when that row was written after the answer was made.
     """
     _check(message)
-    with _eng(eng).begin() as conn:
-        _bump(conn, user_id, conversation_id, None, touch=True)
-        if message.call_id is not None:
-            row = conn.execute(select(_M).where(_M.c.conversation_id == conversation_id,
-                                                _M.c.call_id == message.call_id)).first()
-            if row is not None:
-                return _message(row)
-        saved = _add(conn, conversation_id, message, parent_id)
-        conn.execute(update(_C).where(_C.c.id == conversation_id, _C.c.leaf_id == parent_id)
-                     .values(leaf_id=saved.id))
+    key = key or secrets.token_hex(16)
+    return writes.write(
+        f"reply:{key}", functools.partial(_save_reply, user_id, conversation_id, message,
+                                          parent_id, key),
+        eng=eng, what="reply", conversation_id=conversation_id)
+
+
+def _save_reply(user_id: str, conversation_id: str, message: ChatMessage, parent_id: int,
+                key: str, conn: Connection) -> ChatMessage:
+    _bump(conn, user_id, conversation_id, None, touch=True)
+    if message.call_id is None:  # its call's row may have been written after it was made
+        found = conn.execute(select(store.calls.c.id).where(store.calls.c.call_key == key)
+                             ).scalar()
+        message = replace(message, call_id=found)
+    if message.call_id is not None:
+        row = conn.execute(select(_M).where(_M.c.conversation_id == conversation_id,
+                                            _M.c.call_id == message.call_id)).first()
+        if row is not None:
+            return _message(row)
+    saved = _add(conn, conversation_id, message, parent_id)
+    conn.execute(update(_C).where(_C.c.id == conversation_id, _C.c.leaf_id == parent_id)
+                 .values(leaf_id=saved.id))
     return saved
 
 

@@ -4,11 +4,16 @@ The row goes in when the request goes out (status running, input tokens estimate
 call runs, a heartbeat refreshes it with the output so far; when the call ends it is completed
 exactly once: ok, stopped or error. A process killed mid-answer leaves its row running with a
 heartbeat that stops moving, and `mark_interrupted` turns it into `interrupted` later, from any
-process: a call is never lost, and a live call of another process is never taken for dead.
+process: a call is never lost, and a live call of another process is never taken for dead
+(heartbeats and staleness are read on the database's clock, not the machines'). A process that
+was only slow may still complete an interrupted row: it is flagged late and the hourly rollup
+that had counted it is corrected in the same transaction.
 
-Every database write runs on one writer thread of this module, never on the call loop: a slow
-or locked database delays a row, never an answer or the other calls, and one process never
-competes with itself for SQLite's write lock.
+Row writes go through the write queue (`core.writes`, never the call loop): a slow or locked
+database delays a row, never an answer or the other calls, and a locked database is retried
+until the row is written. Reads (the budget's hard stop before the request, the price after
+it) run on a small pool of their own, so they never wait behind a locked write; the budget's
+read has a deadline, and a Stop is honoured while it runs.
 """
 
 from __future__ import annotations
@@ -16,46 +21,78 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
+import secrets
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Engine, bindparam, func
+from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from core import aio, budget, pricing, store
+from core import aio, budget, pricing, store, writes
 from core.config import Endpoint
 from core.providers import Message, Params, ProviderError, Reply, Usage, provider_for
 from core.providers.base import ErrorKind, log_failure, redact
 from core.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Seconds between heartbeats of a running call. `mark_interrupted`'s default staleness (60 s)
-# leaves room for a dozen missed beats before a live call could be taken for dead.
+# leaves room for a dozen missed beats before a live call could be taken for dead. Tests use a
+# short beat (0.1 s) with a wide margin (5 s), never a margin a loaded machine can miss.
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
-# A database locked by another writer beyond SQLite's busy_timeout: retried, then given up.
-WRITE_RETRIES_S = (0.2, 1.0, 3.0)
+# The budget's read before a request goes out gets this long; past it the call is refused if a
+# hard stop was last seen (fail closed), else let through, as when the database is down.
+BUDGET_DEADLINE_S = 2.0
 
 _calls = store.calls
-# Statements built once: each row write binds parameters only (see bench/README.md).
-_INSERT = _calls.insert()
-_COMPLETE = _calls.update().where(_calls.c.id == bindparam("row_id"))
-_BEAT = (
-    _calls.update()
-    .where(_calls.c.id == bindparam("row_id"), _calls.c.status == "running")
-    .values(heartbeat_at=bindparam("beat_at"), output_tokens=bindparam("beat_tokens"),
-            output_chars=bindparam("beat_chars"))
-)
-_writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="owngpt-ledger")
+# Reads of the metered path (the budget, prices): a pool and connections of their own, so a
+# locked writer never holds up a call's start.
+_readers = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                 thread_name_prefix="owngpt-budget")
 _live: set[Call] = set()  # calls with a request out; touched on the call loop only
 _beating: asyncio.Task[None] | None = None
 _beating_every = HEARTBEAT_S
+_beats: dict[Engine | None, writes.Pending[None]] = {}  # the last heartbeat write per database
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The row's statements for one dialect, built once: each write binds parameters only."""
+
+    insert_running: Any  # keyed by call_key; heartbeat_at on the database's clock
+    insert_whole: Any  # keyed by call_key, a row written once at its end
+    complete: Any  # compare-and-set: only a running row
+    complete_late: Any  # compare-and-set: only an interrupted row, flagged late
+    beat: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = store.db_now(dialect)
+
+    def keyed(stmt: Any) -> Any:
+        return stmt.on_conflict_do_nothing(index_elements=[_calls.c.call_key]).returning(
+            _calls.c.id)
+
+    row = _calls.c.id == bindparam("row_id")
+    return _Statements(
+        insert_running=keyed(insert(_calls).values(heartbeat_at=now)),
+        insert_whole=keyed(insert(_calls)),
+        complete=_calls.update().where(row, _calls.c.status == "running"),
+        complete_late=_calls.update().where(row, _calls.c.status == "interrupted")
+        .values(late=True),
+        beat=_calls.update().where(row, _calls.c.status == "running").values(
+            heartbeat_at=now, output_tokens=bindparam("beat_tokens"),
+            output_chars=bindparam("beat_chars")),
+    )
 
 
 class Call:
@@ -91,16 +128,20 @@ class Call:
         self.comparison_id = comparison_id
         self.started_at = datetime.now(UTC)  # reset when the request goes out
         self.ended_at: datetime | None = None
-        self.status = "pending"  # then running, then ok / stopped / error
+        self.status = "pending"  # then checking (the budget), running, then ok/stopped/error
         self.error: ProviderError | None = None
         self.cost: Decimal | None = None
         self.row_id: int | None = None
+        # Made here, written with the row: a retried write of it never adds a second row, and
+        # a reply saved before its row was written finds it by this key.
+        self.key = secrets.token_hex(16)
         self._usage: Usage | None = None
         self._eng = eng
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._stop_requested = False
         self._streaming = False  # on the loop only: whether a cancel would land in the stream
+        self._checking = False  # on the loop only: whether the budget's check is awaited
         self._ran = False
         self._elapsed: float | None = None
         self.reply: Reply = provider_for(endpoint).stream(model, messages, params or Params())
@@ -163,7 +204,8 @@ class Call:
     def stop(self) -> None:
         """End the call (thread-safe, idempotent): the request is cancelled, which drops its
         connection at once, also while the first token is still coming. The call then ends
-        as stopped, its partial answer kept. A call that already ended is left as it is."""
+        as stopped, its partial answer kept. A Stop during the budget's check means the
+        request is never sent. A call that already ended is left as it is."""
         self._stop_requested = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -171,8 +213,9 @@ class Call:
                 loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
-        # On the loop: only the streaming part is cancelled, never the row's completion.
-        if self._streaming and self._task is not None:
+        # On the loop: only the budget's check and the streaming part are cancelled, never the
+        # row's writes.
+        if (self._streaming or self._checking) and self._task is not None:
             self._task.cancel()
 
     async def run(self) -> Call:
@@ -185,22 +228,36 @@ class Call:
         self._task = asyncio.current_task()
         self._loop = loop
         if self._stop_requested:  # stopped before it went out: nothing was sent or billed
-            self._usage, self.cost = Usage(), Decimal(0)
-            self.status, self.ended_at = "stopped", datetime.now(UTC)
-            return self
+            return self._not_sent()
         self.started_at = datetime.now(UTC)
-        # The budget's hard stop, checked before anything is sent, on the writer thread (it
-        # reads the database): every page and every kind of call passes here.
-        refusal = await loop.run_in_executor(_writer, self._admit)
+        # The budget's hard stop, checked before anything is sent: every page and every kind
+        # of call passes here.
+        self.status = "checking"
+        try:
+            refusal = await self._check_budget(loop)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._stop_requested or task is None:
+                self._not_sent()
+                raise  # the loop or an owner cancelled us
+            task.uncancel()
+        if self._stop_requested:  # a Stop during the check: the request is never sent
+            return self._not_sent()
         if refusal is not None:
             self._usage, self.cost, self._elapsed = Usage(), Decimal(0), 0.0
             self.error, self.status, self.ended_at = refusal, "error", datetime.now(UTC)
-            await loop.run_in_executor(_writer, self._refused_row)
+            refused = writes.submit(f"call:{self.key}", self._write_refused, eng=self._eng,
+                                    what="call row", conversation_id=self.conversation_id,
+                                    comparison_id=self.comparison_id)
+            if (await _through_cancel(refused.settled()))[1]:
+                raise asyncio.CancelledError
             return self
         self.status = "running"
         started = time.perf_counter()
-        # The row goes in beside the request, on the writer thread: neither waits for the other.
-        inserting = loop.run_in_executor(_writer, self._insert)
+        # The row goes in beside the request, through the write queue: neither waits for the
+        # other, and the completion below is written after it.
+        writes.submit(f"call:{self.key}", self._write_running, eng=self._eng, what="call row",
+                      conversation_id=self.conversation_id, comparison_id=self.comparison_id)
         _live.add(self)
         _start_heartbeat(loop)
         status, error, foreign_cancel = "error", None, False
@@ -228,9 +285,15 @@ class Call:
             self._streaming = False
             _live.discard(self)
         self._settle(status, error, time.perf_counter() - started)
-        foreign_cancel |= (await aio.through_cancel(inserting))[1]
-        foreign_cancel |= (await aio.through_cancel(
-            loop.run_in_executor(_writer, self._complete)))[1]
+        # Priced off the loop (the deployment's prices are read from the database), then the
+        # row is completed; the call waits for that write until it is "not saved yet".
+        foreign_cancel |= (await aio.through_cancel(loop.run_in_executor(
+            _readers, self._price)))[1]
+        completing = writes.submit(f"call-end:{self.key}", self._write_complete,
+                                   eng=self._eng, what="call row",
+                                   conversation_id=self.conversation_id,
+                                   comparison_id=self.comparison_id)
+        foreign_cancel |= (await _through_cancel(completing.settled()))[1]
         if foreign_cancel:
             raise asyncio.CancelledError
         return self
@@ -238,6 +301,29 @@ class Call:
     def run_sync(self, timeout: float | None = None) -> Call:
         """Make the call from synchronous code on the call loop and wait for its end."""
         return aio.run(self.run(), timeout)
+
+    def _not_sent(self) -> Call:
+        """Stopped before the request went out: nothing was sent or billed, and no row."""
+        self._usage, self.cost = Usage(), Decimal(0)
+        self.status, self.ended_at = "stopped", datetime.now(UTC)
+        return self
+
+    async def _check_budget(self, loop: asyncio.AbstractEventLoop) -> ProviderError | None:
+        """The hard stop, read on the readers' pool under a deadline; a Stop cancels it."""
+        self._checking = True
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(_readers, self._admit),
+                                          BUDGET_DEADLINE_S)
+        except TimeoutError:
+            log.warning("the budget could not be read within %.1f s", BUDGET_DEADLINE_S)
+            url = str(self._eng.url) if self._eng is not None else store.database_url()
+            try:
+                budget.unchecked(self.user_id, url=url)
+            except budget.BudgetUnavailable as exc:
+                return self._refusal(exc)
+            return None
+        finally:
+            self._checking = False
 
     def _settle(self, status: str, error: ProviderError | None, elapsed: float) -> None:
         """The call's outcome, on the call itself, before its row is written."""
@@ -248,11 +334,9 @@ class Call:
         self.error = error
         self.status = status
 
-    # -- the row (on the writer thread) -------------------------------------------------------
+    # -- reads (on the readers' pool) -----------------------------------------------------------
 
     def _engine(self) -> Engine:
-        # Resolved here only, on the writer thread: the first store.engine() of a process
-        # creates the tables, which two threads must not do at once.
         return self._eng or store.engine()
 
     def _price(self) -> None:
@@ -274,56 +358,62 @@ class Call:
         try:
             budget.enforce(self.user_id, eng=self._engine())
         except (budget.BudgetExceeded, budget.BudgetUnavailable) as exc:
-            hint = ("error.budget" if isinstance(exc, budget.BudgetExceeded)
-                    else "error.budget_unavailable")
-            # No detail: the server said nothing, the sentence says what to do.
-            return ProviderError(ErrorKind.BUDGET, hint=hint, model=self.model,
-                                 url=self.endpoint.base_url)
+            return self._refusal(exc)
         return None
 
-    def _refused_row(self) -> None:
+    def _refusal(self, exc: Exception) -> ProviderError:
+        hint = ("error.budget" if isinstance(exc, budget.BudgetExceeded)
+                else "error.budget_unavailable")
+        # No detail: the server said nothing, the sentence says what to do.
+        return ProviderError(ErrorKind.BUDGET, hint=hint, model=self.model,
+                             url=self.endpoint.base_url)
+
+    # -- the row (work for the write queue: one transaction each, keyed by self.key) -----------
+
+    def _write_refused(self, conn: Connection) -> None:
         # One row, written whole: the call never went out, so nothing was used or billed.
-        try:
-            self.row_id = _write(self._engine(), lambda conn: conn.execute(
-                _INSERT, {**_identity(self), **self._final_row()}).inserted_primary_key[0])
-        except Exception:  # an unreachable database is a reason for the refusal itself
-            log.warning("could not write the refused call of %s", self.model, exc_info=True)
+        self.row_id, _ = _keyed_insert(conn, _statements(conn.dialect.name).insert_whole,
+                                       {**_identity(self), **self._final_row()})
 
-    def _insert(self) -> None:
-        estimate = self.reply.estimate_usage()
+    def _write_running(self, conn: Connection) -> None:
         row = {
-            "user_id": self.user_id,
-            "started_at": self.started_at,
-            "heartbeat_at": self.started_at,
-            "source": self.source,
-            "endpoint": self.endpoint.name,
-            "provider": self.endpoint.kind,
-            "base_url": self.endpoint.base_url,
-            "model": self.model,
+            **_identity(self),
             "status": "running",
-            "input_tokens": estimate.input_tokens,
+            "input_tokens": self.reply.estimate_usage().input_tokens,
             "estimated": True,
-            "conversation_id": self.conversation_id,
-            "comparison_id": self.comparison_id,
         }
-        try:
-            self.row_id = _write(self._engine(), lambda conn: conn.execute(_INSERT, row)
-                                 .inserted_primary_key[0])
-        except Exception:  # the answer matters more than its log line; completion retries
-            log.exception("could not write the call log row of %s", self.model)
+        self.row_id, _ = _keyed_insert(conn, _statements(conn.dialect.name).insert_running,
+                                       row)
 
-    def _complete(self) -> None:
-        self._price()  # off the call loop: a user's prices may be read from the database
+    def _write_complete(self, conn: Connection) -> None:
+        statements = _statements(conn.dialect.name)
         row = self._final_row()
-        try:
-            if self.row_id is None:  # the first write failed: the row goes in whole, once
-                self.row_id = _write(self._engine(), lambda conn: conn.execute(
-                    _INSERT, {**_identity(self), **row}).inserted_primary_key[0])
-            else:
-                _write(self._engine(), lambda conn: conn.execute(
-                    _COMPLETE, {"row_id": self.row_id, **row}))
-        except Exception:  # the answer is on the call; only its log line is lost
-            log.exception("could not complete the call log row of %s", self.model)
+        if self.row_id is None:  # the first write failed for good: the row goes in whole
+            self.row_id, inserted = _keyed_insert(conn, statements.insert_whole,
+                                                  {**_identity(self), **row})
+            if inserted:
+                return
+        if conn.execute(statements.complete, {"row_id": self.row_id, **row}).rowcount == 0:
+            self._complete_late(conn, statements, row)
+
+    def _complete_late(self, conn: Connection, statements: _Statements,
+                       row: dict[str, Any]) -> None:
+        """The row is no longer running: completed late if another process marked it
+        interrupted meanwhile (the rollup corrected in this transaction), else left alone:
+        a row that is ok, stopped or error is never completed twice."""
+        c = _calls.c
+        old = conn.execute(select(c.user_id, c.started_at, c.endpoint, c.model, c.status,
+                                  c.input_tokens, c.cached_input_tokens, c.output_tokens,
+                                  c.reasoning_tokens, c.cost_usd)
+                           .where(c.id == self.row_id).with_for_update()).first()
+        if old is None or old.status != "interrupted":
+            log.warning("call row %s is %s: not completed again", self.row_id,
+                        "gone" if old is None else old.status)
+            return
+        if conn.execute(statements.complete_late, {"row_id": self.row_id, **row}).rowcount:
+            store.adjust_rollup(conn, old, row)
+            log.info("call row %s completed late, after it was marked interrupted",
+                     self.row_id)
 
     def _final_row(self) -> dict[str, Any]:
         reply, error, usage = self.reply, self.error, self._usage or Usage()
@@ -357,21 +447,24 @@ def _identity(call: Call) -> dict[str, Any]:
         "endpoint": call.endpoint.name, "provider": call.endpoint.kind,
         "base_url": call.endpoint.base_url, "model": call.model,
         "conversation_id": call.conversation_id, "comparison_id": call.comparison_id,
+        "call_key": call.key,
     }
 
 
-def _write(eng: Engine, work: Callable[[Any], T]) -> T:
-    """One transaction; a database still locked after SQLite's own wait is tried again."""
-    for pause in (*WRITE_RETRIES_S, None):
-        try:
-            with eng.begin() as conn:
-                return work(conn)
-        except OperationalError as exc:
-            if pause is None or "locked" not in str(exc).lower():
-                raise
-            log.warning("database locked; writing the call log again in %.1f s", pause)
-            time.sleep(pause)
-    raise AssertionError("unreachable")
+def _keyed_insert(conn: Connection, statement: Any, row: dict[str, Any]) -> tuple[int, bool]:
+    """Insert a row keyed by its call_key; the id of the row with that key and whether this
+    insert made it (a retry of a write that did land finds the first row)."""
+    found = conn.execute(statement, row).scalar()
+    if found is not None:
+        return found, True
+    return conn.execute(select(_calls.c.id).where(
+        _calls.c.call_key == row["call_key"])).scalar_one(), False
+
+
+async def _through_cancel(waiting: Any) -> tuple[bool, bool]:
+    """Await a write's `settled()` to its end even if the awaiting task is cancelled meanwhile;
+    whether it was written, and whether a cancel came."""
+    return await aio.through_cancel(asyncio.ensure_future(waiting))
 
 
 # -- the heartbeat ------------------------------------------------------------------------------
@@ -392,11 +485,9 @@ def _start_heartbeat(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def _heartbeat(every: float) -> None:
-    loop = asyncio.get_running_loop()
     while _live:
         await asyncio.sleep(every)
         beats: dict[Engine | None, list[dict[str, Any]]] = {}
-        now = datetime.now(UTC)
         for call in list(_live):
             if call.row_id is None:
                 continue
@@ -404,18 +495,20 @@ async def _heartbeat(every: float) -> None:
             text = call.reply.text
             tokens = estimate_tokens(text) + estimate_tokens(call.reply.reasoning)
             beats.setdefault(call._eng, []).append({
-                "row_id": call.row_id, "beat_at": now, "beat_tokens": tokens,
-                "beat_chars": len(text)})
+                "row_id": call.row_id, "beat_tokens": tokens, "beat_chars": len(text)})
         for eng, rows in beats.items():
-            loop.run_in_executor(_writer, _beat, eng, rows)
+            last = _beats.get(eng)
+            if last is not None and not last.done():
+                continue  # the database has not taken the last beat yet: no pile of them
+            _beats[eng] = writes.submit(f"beat:{secrets.token_hex(8)}",
+                                        functools.partial(_beat, rows), eng=eng,
+                                        what="heartbeat", keep=False)
 
 
-def _beat(eng: Engine | None, rows: list[dict[str, Any]]) -> None:
-    try:
-        _write(eng or store.engine(), lambda conn: conn.execute(_BEAT, rows))
-    except Exception:  # the next beat tries again; a minute of misses is tolerated
-        log.warning("could not write the heartbeat of %d running calls", len(rows),
-                    exc_info=True)
+def _beat(rows: list[dict[str, Any]], conn: Connection) -> None:
+    # A beat that cannot be written is dropped: the next one follows, and a minute of misses
+    # is tolerated (STALE_AFTER_S).
+    conn.execute(_statements(conn.dialect.name).beat, rows)
 
 
 def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_AFTER_S) -> int:
@@ -424,14 +517,23 @@ def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_
     Their process died mid-call (a redeploy, a kill, a sleeping Cloud app): the row keeps the
     input tokens and the output it had at its last heartbeat, which is also when it ended.
     A live call, of this process or another on the same database, beats every few seconds
-    and is never marked. Returns how many rows were marked.
+    and is never marked. Staleness is measured on the database's clock, which also stamps
+    every heartbeat, so machines whose clocks disagree never take each other's calls for dead.
+    Returns how many rows were marked.
     """
-    cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
+    eng = eng or store.engine()
     last_seen = func.coalesce(_calls.c.heartbeat_at, _calls.c.started_at)
     statement = (
         _calls.update()
-        .where(_calls.c.status == "running", last_seen < cutoff)
+        .where(_calls.c.status == "running",
+               last_seen < store.db_now(eng.dialect.name, -stale_after_s))
         .values(status="interrupted", ended_at=last_seen)
     )
-    with (eng or store.engine()).begin() as conn:
-        return conn.execute(statement).rowcount
+    try:
+        with eng.begin() as conn:
+            return conn.execute(statement).rowcount
+    except OperationalError as exc:
+        if not writes.transient(exc):
+            raise
+        log.warning("running calls not checked for staleness: the database is busy")
+        return 0  # the next look marks them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
+    func,
     inspect,
     select,
 )
@@ -41,8 +44,8 @@ DEFAULT_PATH = Path("data") / "owngpt.sqlite3"
 
 metadata = MetaData()
 
-# Where a call came from; the usage page filters by it.
-SOURCES = ("chat", "compare", "batch", "title")
+# Where a call came from; the usage page filters by it. "test": Settings' connection test.
+SOURCES = ("chat", "compare", "batch", "title", "test")
 # running: the request is out; interrupted: its process died before the call ended.
 STATUSES = ("running", "ok", "stopped", "error", "interrupted")
 
@@ -80,7 +83,12 @@ calls = Table(
     Column("output_chars", Integer, nullable=False, default=0),
     Column("conversation_id", String(64), index=True),
     Column("comparison_id", String(64), index=True),
+    # Made by the app when the call is made: a retried write of the row never adds a second.
+    Column("call_key", String(40)),
+    # Completed after another process had marked it interrupted (its own was only slow).
+    Column("late", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_calls_user_started", "user_id", "started_at"),
+    Index("ux_calls_call_key", "call_key", unique=True),
     # Covers every aggregate of the usage page (hourly buckets, facets, speed, dearest): a
     # million calls are read from this narrow index instead of the wide table (bench/README).
     Index("ix_calls_user_rollup", "user_id", "started_at", "endpoint", "model", "source",
@@ -119,6 +127,66 @@ def forget_rollup(conn: Any, user_id: str) -> None:
     """Drop a user's hourly rollup (past calls changed, e.g. re-priced); rebuilt on demand."""
     conn.execute(calls_hourly.delete().where(calls_hourly.c.user_id == user_id))
     conn.execute(calls_rolled.delete().where(calls_rolled.c.user_id == user_id))
+
+
+def hour_of(at: Any) -> str:
+    """The rollup's hour ("YYYY-MM-DD HH", UTC) of a time read from the database."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    return at.strftime("%Y-%m-%d %H")
+
+
+def rolled_until(conn: Any, user_id: str) -> Any:
+    """Up to when the user's calls are in `calls_hourly` (None: not rolled up), read under a
+    lock on the marker, so a piece of the rollup being built cannot pass it meanwhile."""
+    return conn.execute(select(calls_rolled.c.until).where(calls_rolled.c.user_id == user_id)
+                        .with_for_update()).scalar()
+
+
+def adjust_rollup(conn: Any, old: Any, new: dict[str, Any]) -> bool:
+    """A call already counted in `calls_hourly` changed (a late completion of an interrupted
+    row): its hour's sums move by the difference, in the caller's transaction. `old` is the
+    row as it was (read in this transaction), `new` the columns written. False when the
+    call's hour is not rolled up yet (nothing to adjust)."""
+    until = rolled_until(conn, old.user_id)
+    if until is None or _aware(old.started_at) >= _aware(until):
+        return False
+
+    def delta(name: str) -> Any:
+        return (new.get(name) or 0) - (getattr(old, name) or 0)
+
+    h = calls_hourly.c
+    conn.execute(calls_hourly.update().where(
+        h.user_id == old.user_id, h.hour == hour_of(old.started_at),
+        h.endpoint == old.endpoint, h.model == old.model).values(
+        input=h.input + delta("input_tokens"), cached=h.cached + delta("cached_input_tokens"),
+        output=h.output + delta("output_tokens"),
+        reasoning=h.reasoning + delta("reasoning_tokens"),
+        cost=h.cost + delta("cost_usd"),
+        priced=h.priced + (int(new.get("cost_usd") is not None)
+                           - int(old.cost_usd is not None)),
+        errors=h.errors + (int(new.get("status") == "error") - int(old.status == "error"))))
+    return True
+
+
+def _aware(at: Any) -> Any:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def db_now(dialect: str, offset_s: float | None = None) -> Any:
+    """The database's clock (plus `offset_s` seconds) as the value of a DateTime column:
+    heartbeats and staleness are measured on it, so machines whose clocks disagree never take
+    each other's live calls for dead."""
+    if dialect == "sqlite":
+        # As SQLAlchemy stores a DateTime ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), so that it
+        # compares with the other rows' times as text.
+        shift = f"{offset_s or 0:+.3f} seconds"
+        return func.strftime("%Y-%m-%d %H:%M:%f", "now", shift).concat("000")
+    now = func.now()
+    if offset_s is None:
+        return now
+    return now + func.make_interval(0, 0, 0, 0, 0, 0, offset_s)
 
 
 # Prices a user set for a model (per million tokens), taking precedence over genai-prices.
@@ -278,6 +346,9 @@ def database_url() -> str:
 # "bad_url" or "unreachable". The app then keeps working on an in-memory SQLite database.
 _problem: dict[str, str] = {}
 MEMORY_URL = "sqlite://"
+# The first engine of a process creates or migrates the database: two threads (the writer,
+# the budget's readers, a page) must not do that at once.
+_engine_lock = threading.RLock()
 
 
 def engine(url: str | None = None) -> Engine:
@@ -287,16 +358,17 @@ def engine(url: str | None = None) -> Engine:
     an in-memory SQLite database instead and `problem()` says why (the log is not kept).
     An explicit url is never replaced.
     """
-    if url is not None:
-        return _engine_for(url)
-    configured = database_url()
-    if configured in _problem:
-        return _memory_engine()
-    try:
-        return _engine_for(configured)
-    except Exception as exc:  # noqa: BLE001 - any failure to open: fall back, say why
-        _problem[configured] = _classify(configured, exc)
-        return _memory_engine()
+    with _engine_lock:
+        if url is not None:
+            return _engine_for(url)
+        configured = database_url()
+        if configured in _problem:
+            return _memory_engine()
+        try:
+            return _engine_for(configured)
+        except Exception as exc:  # noqa: BLE001 - any failure to open: fall back, say why
+            _problem[configured] = _classify(configured, exc)
+            return _memory_engine()
 
 
 def problem() -> str | None:

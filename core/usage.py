@@ -13,6 +13,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -240,32 +241,95 @@ def _range(user_id: str, f: Filters) -> list[Any]:
 # Hours are rolled up once they are this far in the past (a call's row settles within the
 # heartbeat's staleness, see core.metering.STALE_AFTER_S).
 SETTLE = timedelta(minutes=62)
+# A piece of the rollup holds the database's write lock for about this long: the rows per
+# piece adapt to the machine, so a first build over a million calls never keeps other writers
+# (a call's row, a saved answer) waiting long (bench/README.md: the longest hold).
+PIECE_S = 0.25
+_piece_rows = 20_000  # learned as pieces are built
 
 
 def _floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def roll_up(user_id: str, *, eng: Engine | None = None, now: datetime | None = None) -> datetime:
+def roll_up(user_id: str, *, eng: Engine | None = None, now: datetime | None = None,
+            holds: list[float] | None = None) -> datetime:
     """Add the user's newly settled hours to `calls_hourly`; returns the instant rolled up to.
 
     An hour is settled when it is over by SETTLE and no call of the user that started in it or
     later is still running. Each page draw adds the hours since the last one (one small
-    GROUP BY); the first draw over an old log does them all once. Re-pricing forgets the
-    rollup (store.forget_rollup), votes are applied at read time (hidden rows subtracted).
+    piece); the first draw over an old log builds them all, in pieces of whole hours that each
+    hold the write lock for about PIECE_S (`holds` gets each piece's seconds). Re-pricing
+    forgets the rollup (store.forget_rollup); a late completion corrects its hour
+    (store.adjust_rollup); votes are applied at read time (hidden rows subtracted).
     """
     eng = eng or store.engine()
-    h, r = store.calls_hourly, store.calls_rolled
+    r = store.calls_rolled
     until = _floor_hour((now or datetime.now(UTC)) - SETTLE)
-    with eng.begin() as conn:
-        running = conn.execute(select(func.min(c.started_at)).where(
-            c.user_id == user_id, c.status == "running")).scalar()
+    while True:
+        with eng.connect() as conn:  # reads only: no lock is held while choosing the work
+            running = conn.execute(select(func.min(c.started_at)).where(
+                c.user_id == user_id, c.status == "running")).scalar()
+            done = conn.execute(select(r.c.until).where(r.c.user_id == user_id)).scalar()
+            first = None if done is not None else conn.execute(
+                select(func.min(c.started_at)).where(c.user_id == user_id)).scalar()
         if running is not None:
             until = min(until, _floor_hour(_utc(running).to_pydatetime()))
-        done = conn.execute(select(r.c.until).where(r.c.user_id == user_id)).scalar()
-        done = None if done is None else _utc(done).to_pydatetime()
-        if done is not None and done >= until:
+        if done is None:
+            start = until if first is None else min(until, _floor_hour(
+                _utc(first).to_pydatetime()))
+            done = _mark_start(eng, user_id, start)
+        done = _utc(done).to_pydatetime()
+        while done is not None and done < until:
+            done = _roll_piece(eng, user_id, done, _piece_end(eng, user_id, done, until),
+                               holds)
+        if done is not None:  # else the rollup was forgotten meanwhile: start again
             return done
+
+
+def _mark_start(eng: Engine, user_id: str, start: datetime) -> datetime:
+    # The marker goes in first, alone: every piece and every late completion then lock it.
+    r = store.calls_rolled
+    try:
+        with eng.begin() as conn:
+            conn.execute(r.insert().values(user_id=user_id, until=start))
+        return start
+    except IntegrityError:  # another tab started the same rollup: go on from where it is
+        with eng.connect() as conn:
+            return conn.execute(select(r.c.until).where(r.c.user_id == user_id)).scalar_one()
+
+
+def _piece_end(eng: Engine, user_id: str, start: datetime, until: datetime) -> datetime:
+    """The end of the next piece: about `_piece_rows` calls after `start`, on a whole hour."""
+    with eng.connect() as conn:
+        nth = conn.execute(select(c.started_at).where(
+            c.user_id == user_id, c.started_at >= start, c.started_at < until)
+            .order_by(c.started_at).limit(1).offset(_piece_rows)).scalar()
+    if nth is None:
+        return until
+    # An hour is rolled in one piece, however many calls it holds.
+    end = max(_floor_hour(_utc(nth).to_pydatetime()), start + timedelta(hours=1))
+    return min(end, until)
+
+
+def _roll_piece(eng: Engine, user_id: str, start: datetime, end: datetime,
+                holds: list[float] | None) -> datetime | None:
+    """Roll the hours [start, end) in one transaction; the new `until`, or None if the
+    rollup was forgotten meanwhile."""
+    global _piece_rows
+    h, r = store.calls_hourly, store.calls_rolled
+    with eng.begin() as conn:
+        # Written first, so the lock is taken before anything is read: the write lock on
+        # SQLite, the marker's row on PostgreSQL (a late completion waits on it).
+        if not conn.execute(r.update().where(r.c.user_id == user_id)
+                            .values(until=r.c.until)).rowcount:
+            return None
+        locked = perf_counter()
+        done = _utc(conn.execute(select(r.c.until).where(r.c.user_id == user_id))
+                    .scalar_one()).to_pydatetime()
+        if done >= end:  # another tab rolled these hours meanwhile
+            return done
+        start = max(start, done)
         hour = _hour(eng)
         rows = (select(c.user_id, hour, c.endpoint, c.model, func.count(),
                        func.coalesce(func.sum(c.input_tokens), 0),
@@ -274,17 +338,19 @@ def roll_up(user_id: str, *, eng: Engine | None = None, now: datetime | None = N
                        func.coalesce(func.sum(c.reasoning_tokens), 0),
                        func.coalesce(func.sum(c.cost_usd), 0), func.count(c.cost_usd),
                        func.sum(case((c.status == "error", 1), else_=0)))
-                .where(c.user_id == user_id, c.started_at < until,
-                       *([] if done is None else [c.started_at >= done]))
+                .where(c.user_id == user_id, c.started_at >= start, c.started_at < end)
                 .group_by(c.user_id, hour, c.endpoint, c.model))
         conn.execute(h.insert().from_select(
             ["user_id", "hour", "endpoint", "model", "calls", "input", "cached", "output",
              "reasoning", "cost", "priced", "errors"], rows))
-        if done is None:
-            conn.execute(r.insert().values(user_id=user_id, until=until))
-        else:
-            conn.execute(r.update().where(r.c.user_id == user_id).values(until=until))
-    return until
+        conn.execute(r.update().where(r.c.user_id == user_id).values(until=end))
+    held = perf_counter() - locked
+    if holds is not None:
+        holds.append(held)
+    # The next piece is sized so that it holds the lock about PIECE_S.
+    _piece_rows = int(min(max(_piece_rows * min(max(PIECE_S / max(held, 1e-3), 0.25), 4.0),
+                              1_000), 1_000_000))
+    return end
 
 
 def _whole_hours(f: Filters) -> bool:

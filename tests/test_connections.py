@@ -18,7 +18,7 @@ def azure(server, key=API_KEY, models=("gpt-4o-mini",)):
 def test_an_endpoint_without_models_is_tested_by_listing_them(openai_server):
     endpoint = make_endpoint("fake", "custom", base_url=openai_server.url, api_key=API_KEY)
     before = len(openai_server.calls)
-    found = connections.check(endpoint)
+    found = connections.check(endpoint, user_id="ana")
     assert "gpt-4o-mini" in found.models and found.probed is None and found.ms > 0
     assert openai_server.calls[before:] == [("GET", "/v1/models")]
 
@@ -27,7 +27,7 @@ def test_configured_models_are_tested_with_a_one_token_request(openai_server):
     endpoint = make_endpoint("fake", "custom", base_url=openai_server.url, api_key=API_KEY,
                              models=["gpt-4o", "gpt-4o-mini"])
     before = len(openai_server.requests)
-    found = connections.check(endpoint)
+    found = connections.check(endpoint, user_id="ana")
     assert found.probed == "gpt-4o" and found.models == ["gpt-4o", "gpt-4o-mini"]
     sent = openai_server.requests[before:]
     assert len(sent) == 1 and sent[0]["model"] == "gpt-4o" and sent[0]["max_tokens"] == 1
@@ -35,29 +35,29 @@ def test_configured_models_are_tested_with_a_one_token_request(openai_server):
 
 def test_a_wrong_azure_key_fails_the_test(openai_server):
     with pytest.raises(ProviderError) as caught:
-        connections.check(azure(openai_server, key="wrong-azure-key-0000"))
+        connections.check(azure(openai_server, key="wrong-azure-key-0000"), user_id="ana")
     assert caught.value.kind == ErrorKind.AUTH and caught.value.http_status == 401
     assert "wrong-azure-key-0000" not in caught.value.detail
     assert openai_server.calls[-1][1].startswith("/openai/deployments/gpt-4o-mini/")
 
 
 def test_a_right_azure_key_passes_and_a_missing_deployment_fails(openai_server):
-    assert connections.check(azure(openai_server)).probed == "gpt-4o-mini"
+    assert connections.check(azure(openai_server), user_id="ana").probed == "gpt-4o-mini"
     with pytest.raises(ProviderError) as caught:
-        connections.check(azure(openai_server, models=("my-gpt5-deployment",)))
+        connections.check(azure(openai_server, models=("my-gpt5-deployment",)), user_id="ana")
     assert caught.value.kind == ErrorKind.MODEL_NOT_FOUND
 
 
 def test_azure_with_nothing_to_test_says_what_to_add(openai_server):
     with pytest.raises(ProviderError) as caught:
-        connections.check(azure(openai_server, models=()))
+        connections.check(azure(openai_server, models=()), user_id="ana")
     assert caught.value.hint == "connect.no_model_to_test"
 
 
 def test_a_dead_server_fails_the_test():
     endpoint = make_endpoint("down", "ollama", base_url="http://127.0.0.1:9")
     with pytest.raises(ProviderError) as caught:
-        connections.check(endpoint)
+        connections.check(endpoint, user_id="ana")
     assert caught.value.kind == ErrorKind.CONNECTION
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from core import chat as flow
 from core import conversations as convs
-from core import store
+from core import store, writes
 from core.chat import clean_prompt
 from core.config import Endpoint
 from core.i18n import t
@@ -168,6 +168,8 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
             and last is not None and turn.question.id == last.id):
         _follow(turn)
         _redraw_saved(turn)
+    if writes.unsaved(conversation_id=thread.conversation.id):
+        st.warning(t("writes.unsaved_reply"), icon=":material/cloud_off:")
 
 
 def _show_more() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from core import compare, conversations, rating, store
+from core import compare, conversations, rating, store, writes
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
@@ -96,7 +97,8 @@ def start(user: str, cid: str, prompt: str, endpoints: list[Endpoint]) -> None:
         calls.append(call)
 
     def on_end(call: Call) -> None:  # worker thread: saving survives a Stop or a rerun
-        compare.save_call(cid, turn, positions[id(call)], call)
+        with contextlib.suppress(writes.NotSavedYet):  # kept and saved later; the page says so
+            compare.save_call(cid, turn, positions[id(call)], call)
 
     st.session_state[RUN_KEY] = (cid, turn, Run(calls, on_end=on_end).start(), positions)
 
@@ -192,6 +194,8 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
         # page would draw answers still "running" and offer no vote.
         comp = compare.load(user, comp.id)
     panes = compare.public_panes(comp)
+    if writes.unsaved(comparison_id=comp.id):
+        st.warning(t("writes.unsaved_answers"), icon=":material/cloud_off:")
     for turn in comp.turns:
         with st.chat_message("user"):
             st.markdown(turn.prompt)
