@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
@@ -41,6 +41,11 @@ TITLE_PROMPT = (
     "that starts with the message below, in the message's language. Answer with the title "
     "only, no quotes, no final punctuation.\n\nMessage:\n{text}"
 )
+
+
+# The turns whose answer is still streaming in this process, by the answer's message id.
+_live: dict[int, ChatTurn] = {}
+_live_lock = threading.Lock()
 
 
 class ChatRefused(ValueError):
@@ -100,20 +105,24 @@ def request(settings: Settings, path_messages: Sequence[ChatMessage]) -> Request
 class ChatTurn:
     """One question and its answer: the request, the metered call, the run that makes it.
 
-    `start()` sends it; `stop()` ends it, keeping the partial answer; `finished` says whether
-    the answer has been saved. `seq` is the conversation's sequence number once the question
-    was written (what the tab that sent it has seen); `on_saved(turn, seq)` is told the
-    number the answer's own writes left.
+    The answer exists from the moment the turn is made: a message with status running, its
+    text written with the call's heartbeat, completed by the run's worker when the call
+    ends (`save_reply`), settled as interrupted with its call if the process dies
+    (`metering.mark_interrupted`). `start()` sends the request; `stop()` ends it, keeping
+    the partial answer; `finished` says whether the answer has been saved. `seq` is the
+    conversation's sequence number once the question and the answer were written (what the
+    tab that sent it has seen: nothing later in the turn changes it).
     """
 
-    def __init__(self, user: str, cid: str, question: ChatMessage, req: Request,
-                 settings: Settings, seq: int, *, ask_title: bool = False,
-                 title_model: str | None = None,
-                 on_saved: Callable[[ChatTurn, int], object] | None = None,
+    def __init__(self, user: str, cid: str, question: ChatMessage, answer: ChatMessage,
+                 call: Call, req: Request, settings: Settings, seq: int, *,
+                 ask_title: bool = False, title_model: str | None = None,
                  eng: Engine | None = None) -> None:
         self.user = user
         self.cid = cid
         self.question = question
+        self.answer = answer  # as written when the request went out: status running
+        self.call = call
         self.request = req
         self.settings = settings
         self.seq = seq
@@ -121,11 +130,10 @@ class ChatTurn:
         self.title_model = title_model or settings.model
         self.title: Run | None = None  # the title's own run, once the answer is saved
         self._title_deadline: threading.Timer | None = None
-        self._on_saved = on_saved
         self._eng = eng
-        self.call = Call(settings.endpoint, settings.model, req.messages, req.params,
-                         user_id=user, source="chat", conversation_id=cid, eng=eng)
-        self.run = Run([self.call], on_end=self._save)
+        assert answer.id is not None
+        call.on_beat = functools.partial(convs.beat, cid, answer.id)
+        self.run = Run([call], on_end=self._save)
 
     @property
     def finished(self) -> bool:
@@ -133,7 +141,11 @@ class ChatTurn:
         return self.run.finished
 
     def start(self) -> ChatTurn:
-        """Send the request (once); returns self."""
+        """Send the request (once); returns self. Until its answer is saved the turn can be
+        found by its answer's id (`live`): a reload of the page follows it."""
+        assert self.answer.id is not None
+        with _live_lock:
+            _live[self.answer.id] = self
         self.run.start()
         return self
 
@@ -154,28 +166,25 @@ class ChatTurn:
     def _save(self, call: Call) -> None:
         """The answer as it ended, saved (on the run's worker thread); then, for the first
         answer of a conversation that asks for titles, the title's own run is started."""
-        status = call.status if call.status in ("ok", "stopped") else "error"
-        reply = ChatMessage("assistant", call.text, call.reasoning, status=status,
-                            error_kind=error_kind(call.error) if status == "error" else None,
-                            call_id=call.row_id, model=call.model)
-        assert self.question.id is not None
         try:
-            saved = convs.save_reply(self.user, self.cid, reply, parent_id=self.question.id,
-                                     key=call.key, eng=self._eng)
-            current = convs.get(self.user, self.cid, eng=self._eng)
-            if current.leaf_id != saved.id and saved.id is not None:
-                # A regenerated answer: the branch on screen moves onto it from the old answer.
-                convs.switch_branch(self.user, self.cid, saved.id, seq=current.seq,
-                                    eng=self._eng)
-            current = convs.get(self.user, self.cid, eng=self._eng)
-        except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
-            return
-        except writes.NotSavedYet:  # kept and saved once the database lets it; the page says so
-            return
-        if self._on_saved is not None:
-            self._on_saved(self, current.seq)
-        if self.ask_title and status == "ok":
-            self._ask_title(current.title)
+            status = call.status if call.status in ("ok", "stopped") else "error"
+            reply = ChatMessage("assistant", call.text, call.reasoning, status=status,
+                                error_kind=error_kind(call.error) if status == "error"
+                                else None, call_id=call.row_id, model=call.model)
+            assert self.question.id is not None
+            try:
+                convs.save_reply(self.user, self.cid, reply, parent_id=self.question.id,
+                                 key=call.key, eng=self._eng)
+                title = convs.get(self.user, self.cid, eng=self._eng).title
+            except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
+                return
+            except writes.NotSavedYet:  # kept and saved once the database lets it; said so
+                return
+            if self.ask_title and status == "ok":
+                self._ask_title(title)
+        finally:
+            with _live_lock:
+                _live.pop(self.answer.id or 0, None)
 
     def _ask_title(self, was: str) -> None:
         """A title asked of the model in a run of its own: the answer is saved and the turn
@@ -224,55 +233,72 @@ def remember_settings(user: str, conversation: Conversation | None, settings: Se
                                        params=settings.params, eng=eng)
 
 
+def live(answer_id: int) -> ChatTurn | None:
+    """The turn streaming the answer `answer_id` in this process, until the answer is saved;
+    None when another process streams it, or nothing does."""
+    with _live_lock:
+        return _live.get(answer_id)
+
+
 def send(user: str, prompt: str, settings: Settings, *, conversation: Conversation | None = None,
          parent_id: int | None = None, seq: int = 0, ask_title: bool = False,
-         title_model: str | None = None,
-         on_saved: Callable[[ChatTurn, int], object] | None = None,
-         eng: Engine | None = None) -> ChatTurn:
+         title_model: str | None = None, eng: Engine | None = None) -> ChatTurn:
     """Save `prompt` as a question below `parent_id` in `conversation` (a new conversation when
     None, which is then titled after it, by `title_model` (default: the model answering) when
-    `ask_title`) and return its turn, not yet started.
+    `ask_title`), with its answer, running, and return the turn, not yet started.
 
     `seq` is the conversation's sequence number the user saw: `ConversationChanged` if it was
     written elsewhere since, and nothing is saved. `ChatRefused` for a message over
     `MAX_MESSAGE_CHARS`.
     """
-    if len(prompt) > MAX_MESSAGE_CHARS:
-        raise ChatRefused("chat.too_long", n=f"{len(prompt):,}", limit=f"{MAX_MESSAGE_CHARS:,}")
+    _check_length(prompt)
     cid, seq = remember_settings(user, conversation, settings, seq=seq, eng=eng)
-    question, seq = convs.add_message(user, cid, ChatMessage("user", prompt),
-                                      parent_id=parent_id, seq=seq, eng=eng)
-    path_messages = convs.path(user, cid, eng=eng)
-    first = question.position == 0 and question.parent_id is None
-    return ChatTurn(user, cid, question, request(settings, path_messages), settings, seq,
-                    ask_title=ask_title and first, title_model=title_model,
-                    on_saved=on_saved, eng=eng)
+    question = ChatMessage("user", prompt)
+    branch = [*convs.path_to(user, cid, parent_id, eng=eng), question]
+    return _turn(user, cid, question, branch, settings, parent_id=parent_id, seq=seq,
+                 ask_title=ask_title and parent_id is None, title_model=title_model, eng=eng)
 
 
 def regenerate(user: str, settings: Settings, conversation: Conversation, question_id: int, *,
                seq: int, edited: str | None = None, ask_title: bool = False,
-               on_saved: Callable[[ChatTurn, int], object] | None = None,
-               eng: Engine | None = None) -> ChatTurn | None:
+               title_model: str | None = None, eng: Engine | None = None) -> ChatTurn | None:
     """Answer a question of the branch on screen again (a sibling answer), or, with `edited`,
     save an edited copy of it as its sibling and answer that: each opens a new branch.
     Returns the turn, not yet started; None when the question is no longer on the branch."""
-    cid = conversation.id
-    full = convs.path(user, cid, eng=eng)
+    full = convs.path(user, conversation.id, eng=eng)
     ids = [m.id for m in full]
     if question_id not in ids:
         return None
     at = ids.index(question_id)
-    cid, seq = remember_settings(user, conversation, settings, seq=seq, eng=eng)
-    question = full[at]
     if edited is not None:
-        if len(edited) > MAX_MESSAGE_CHARS:
-            raise ChatRefused("chat.too_long", n=f"{len(edited):,}",
-                              limit=f"{MAX_MESSAGE_CHARS:,}")
-        question, seq = convs.add_message(user, cid, ChatMessage("user", edited),
-                                          parent_id=question.parent_id, seq=seq, eng=eng)
-    first = question.position == 0 and question.parent_id is None
-    return ChatTurn(user, cid, question, request(settings, [*full[:at], question]), settings,
-                    seq, ask_title=ask_title and first, on_saved=on_saved, eng=eng)
+        _check_length(edited)
+    cid, seq = remember_settings(user, conversation, settings, seq=seq, eng=eng)
+    question = full[at] if edited is None else ChatMessage("user", edited)
+    parent_id = full[at].parent_id
+    return _turn(user, cid, question, [*full[:at], question], settings, parent_id=parent_id,
+                 seq=seq, ask_title=ask_title and parent_id is None, title_model=title_model,
+                 eng=eng)
+
+
+def _check_length(text: str) -> None:
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ChatRefused("chat.too_long", n=f"{len(text):,}", limit=f"{MAX_MESSAGE_CHARS:,}")
+
+
+def _turn(user: str, cid: str, question: ChatMessage, branch: list[ChatMessage],
+          settings: Settings, *, parent_id: int | None, seq: int, ask_title: bool,
+          title_model: str | None, eng: Engine | None) -> ChatTurn:
+    """The request for `branch` (ending with `question`), its call, and the question (when
+    new) with its running answer written in one transaction."""
+    req = request(settings, branch)
+    call = Call(settings.endpoint, settings.model, req.messages, req.params, user_id=user,
+                source="chat", conversation_id=cid, eng=eng)
+    running = ChatMessage("assistant", "", status="running", model=settings.model,
+                          call_key=call.key)
+    question, answer, seq = convs.start_answer(user, cid, question, running,
+                                               parent_id=parent_id, seq=seq, eng=eng)
+    return ChatTurn(user, cid, question, answer, call, req, settings, seq,
+                    ask_title=ask_title, title_model=title_model, eng=eng)
 
 
 def title_messages(first_message: str) -> list[Message]:

@@ -33,7 +33,10 @@ from core import store, writes
 from core.providers.base import Message, Params, param_ok
 
 ROLES = ("user", "assistant")
-MESSAGE_STATUSES = ("ok", "stopped", "error")
+# running: its request is out (an answer exists from then on, its text refreshed with the
+# heartbeat); interrupted: its process died before it ended, the text so far kept.
+MESSAGE_STATUSES = ("ok", "stopped", "error", "running", "interrupted")
+ENDED = ("ok", "stopped", "error", "interrupted")
 TITLE_WIDTH = 40  # display columns: a CJK character counts two
 # A message's text or reasoning: more is refused on import and cut short on load.
 MAX_TEXT_CHARS = 2_000_000
@@ -76,10 +79,11 @@ class ChatMessage:
     role: str  # user or assistant
     text: str
     reasoning: str = ""  # shown to the user, never sent back to the model
-    status: str = "ok"  # ok, stopped or error
+    status: str = "ok"  # one of MESSAGE_STATUSES
     error_kind: str | None = None  # an ErrorKind value when status is error
     call_id: int | None = None  # the call-log row this answer came from
     model: str | None = None
+    call_key: str | None = None  # the answer's call (`Call.key`), also before its row exists
     id: int | None = None
     parent_id: int | None = None
     position: int = 0  # depth in the tree: 0 for the first message
@@ -183,6 +187,23 @@ def load(user_id: str, conversation_id: str, *, last: int | None = 50,
 def path(user_id: str, conversation_id: str, *, eng: Engine | None = None) -> list[ChatMessage]:
     """Every message of the active path, oldest first: what the next request builds on."""
     return load(user_id, conversation_id, last=None, eng=eng).messages
+
+
+def path_to(user_id: str, conversation_id: str, message_id: int | None, *,
+            eng: Engine | None = None) -> list[ChatMessage]:
+    """The messages from the root down to `message_id` (None: none), oldest first: what a
+    message sent below it builds on, whichever branch is on screen."""
+    if message_id is None:
+        get(user_id, conversation_id, eng=eng)  # the owner's check all the same
+        return []
+    with _eng(eng).connect() as conn:
+        _get(conn, user_id, conversation_id)
+        parents, _ = _tree(conn, conversation_id)
+        if message_id not in parents:
+            raise ConversationNotFound(conversation_id)
+        on_path = _path(parents, message_id)
+        rows = _messages_by_id(conn, conversation_id, on_path)
+    return [rows[i] for i in on_path]
 
 
 def tree(user_id: str, conversation_id: str, *, eng: Engine | None = None
@@ -295,13 +316,47 @@ def add_message(user_id: str, conversation_id: str, message: ChatMessage, *,
     return saved, new_seq
 
 
+def start_answer(user_id: str, conversation_id: str, question: ChatMessage,
+                 answer: ChatMessage, *, parent_id: int | None, seq: int,
+                 eng: Engine | None = None) -> tuple[ChatMessage, ChatMessage, int]:
+    """Save an answer as its request goes out (status running), with its question when that
+    is new (no id: saved below `parent_id`, as `add_message` does), in one transaction.
+
+    The branch on screen moves to the answer. `seq` is the one the view was drawn at:
+    `ConversationChanged` if the conversation changed since, and nothing is written. Returns
+    the question, the answer and the new `seq`; `save_reply` completes the answer later.
+    """
+    _check(question)
+    _check(answer)
+    titled: dict[str, Any] = {}
+    if question.id is None:  # a conversation without a title takes its first message's
+        titled["title"] = case((_C.c.title == "", title_from_text(question.text)),
+                               else_=_C.c.title)
+    with _eng(eng).begin() as conn:
+        new_seq = _bump(conn, user_id, conversation_id, seq, touch=True, **titled)
+        if question.id is None:
+            question = _add(conn, conversation_id, question, parent_id)
+        else:
+            found = conn.execute(select(_M.c.id).where(
+                _M.c.id == question.id, _M.c.conversation_id == conversation_id)).first()
+            if found is None:
+                raise ConversationNotFound(conversation_id)
+        saved = _add(conn, conversation_id, answer, question.id)
+        conn.execute(update(_C).where(_C.c.id == conversation_id).values(leaf_id=saved.id))
+    return question, saved, new_seq
+
+
 def save_reply(user_id: str, conversation_id: str, message: ChatMessage, *,
                parent_id: int, key: str | None = None, eng: Engine | None = None) -> ChatMessage:
-    """Save an answer from the worker that streamed it, whatever the page is doing.
+    """Save an answer from the worker that streamed it, whatever the page is doing: the
+    running answer with the call's `key` (`start_answer`) is completed in place, else the
+    answer is added below its question.
 
-    No `seq` check: an answer only adds a child to its own question, so it cannot overwrite
-    anything. The branch on screen moves to it if it still ends at the question. Saving the
-    same call twice returns the first save. `ConversationNotFound` if it was deleted meanwhile.
+    No `seq` check: an answer only completes itself or adds a child to its own question, so it
+    cannot overwrite anything, and completing one in place is no edit a tab must be told
+    about. An added answer moves the branch on screen if it still ends at the question.
+    Saving the same call twice returns the first save. `ConversationNotFound` if the
+    conversation was deleted meanwhile.
 
     Written through the write queue (`core.writes`): a locked database is retried, and past
     its retry window `writes.NotSavedYet` is raised while the answer stays queued, to be
@@ -318,20 +373,51 @@ def save_reply(user_id: str, conversation_id: str, message: ChatMessage, *,
 
 def _save_reply(user_id: str, conversation_id: str, message: ChatMessage, parent_id: int,
                 key: str, conn: Connection) -> ChatMessage:
-    _bump(conn, user_id, conversation_id, None, touch=True)
     if message.call_id is None:  # its call's row may have been written after it was made
         found = conn.execute(select(store.calls.c.id).where(store.calls.c.call_key == key)
                              ).scalar()
         message = replace(message, call_id=found)
+    running = conn.execute(select(_M.c.id).where(_M.c.conversation_id == conversation_id,
+                                                 _M.c.call_key == key)).scalar()
+    if running is not None:  # the answer written as its request went out: completed in place
+        _touch(conn, user_id, conversation_id)
+        conn.execute(update(_M).where(_M.c.id == running).values(
+            text=message.text, reasoning=message.reasoning, status=message.status,
+            error_kind=message.error_kind, call_id=message.call_id, model=message.model))
+        return _message(conn.execute(select(_M).where(_M.c.id == running)).one())
+    _bump(conn, user_id, conversation_id, None, touch=True)
     if message.call_id is not None:
         row = conn.execute(select(_M).where(_M.c.conversation_id == conversation_id,
                                             _M.c.call_id == message.call_id)).first()
         if row is not None:
             return _message(row)
-    saved = _add(conn, conversation_id, message, parent_id)
+    saved = _add(conn, conversation_id, replace(message, call_key=key), parent_id)
     conn.execute(update(_C).where(_C.c.id == conversation_id, _C.c.leaf_id == parent_id)
                  .values(leaf_id=saved.id))
     return saved
+
+
+def beat(conversation_id: str, message_id: int, text: str, reasoning: str,
+         conn: Connection) -> None:
+    """A running answer's text so far, written with its call's heartbeat (in the heartbeat's
+    transaction): a reload shows it, and a crash leaves it. An answer that has ended is left
+    alone."""
+    conn.execute(update(_M).where(_M.c.id == message_id,
+                                  _M.c.conversation_id == conversation_id,
+                                  _M.c.status == "running")
+                 .values(text=text, reasoning=reasoning))
+
+
+def message(user_id: str, conversation_id: str, message_id: int, *,
+            eng: Engine | None = None) -> ChatMessage:
+    """One message of this user's conversation (a running answer, polled while it streams);
+    `ConversationNotFound` when either is gone."""
+    with _eng(eng).connect() as conn:
+        _get(conn, user_id, conversation_id)
+        found = _messages_by_id(conn, conversation_id, [message_id])
+    if message_id not in found:
+        raise ConversationNotFound(conversation_id)
+    return found[message_id]
 
 
 def switch_branch(user_id: str, conversation_id: str, message_id: int, *, seq: int,
@@ -469,8 +555,9 @@ def _message(row: Any, notes: list[str] | None = None) -> ChatMessage:
     return ChatMessage(
         role=role, text=text[:MAX_TEXT_CHARS].replace("\x00", ""),
         reasoning=reasoning[:MAX_TEXT_CHARS].replace("\x00", ""), status=status,
-        error_kind=row.error_kind, call_id=row.call_id, model=row.model, id=row.id,
-        parent_id=row.parent_id, position=row.position, created_at=store.as_utc(row.created_at))
+        error_kind=row.error_kind, call_id=row.call_id, model=row.model,
+        call_key=row.call_key, id=row.id, parent_id=row.parent_id, position=row.position,
+        created_at=store.as_utc(row.created_at))
 
 
 def _bump(conn: Connection, user_id: str, conversation_id: str, seq: int | None, *,
@@ -494,6 +581,15 @@ def _bump(conn: Connection, user_id: str, conversation_id: str, seq: int | None,
     raise ConversationChanged(conversation_id, current[0])
 
 
+def _touch(conn: Connection, user_id: str, conversation_id: str) -> None:
+    """The conversation was written to (it moves up the list), with no `seq` bump: nothing a
+    tab drew changed shape."""
+    found = conn.execute(update(_C).where(_C.c.id == conversation_id, _C.c.user_id == user_id)
+                         .values(updated_at=_now())).rowcount
+    if not found:
+        raise ConversationNotFound(conversation_id)
+
+
 def _add(conn: Connection, conversation_id: str, message: ChatMessage,
          parent_id: int | None) -> ChatMessage:
     position = 0
@@ -508,7 +604,8 @@ def _add(conn: Connection, conversation_id: str, message: ChatMessage,
     return ChatMessage(
         role=message.role, text=message.text, reasoning=message.reasoning,
         status=message.status, error_kind=message.error_kind, call_id=message.call_id,
-        model=message.model, id=mid, parent_id=parent_id, position=position, created_at=now)
+        model=message.model, call_key=message.call_key, id=mid, parent_id=parent_id,
+        position=position, created_at=now)
 
 
 def _insert(conn: Connection, conversation_id: str, m: ChatMessage, parent_id: int | None,
@@ -516,7 +613,7 @@ def _insert(conn: Connection, conversation_id: str, m: ChatMessage, parent_id: i
     result = conn.execute(_M.insert().values(
         conversation_id=conversation_id, parent_id=parent_id, role=m.role, text=m.text,
         reasoning=m.reasoning, status=m.status, error_kind=m.error_kind, call_id=m.call_id,
-        model=m.model, created_at=now, position=position))
+        model=m.model, call_key=m.call_key, created_at=now, position=position))
     return result.inserted_primary_key[0]
 
 
@@ -637,8 +734,8 @@ def _width(text: str) -> int:
 
 __all__ = [
     "Branch", "ChatMessage", "Conversation", "ConversationChanged", "ConversationNotFound",
-    "Thread", "add_message", "address", "continue_in_chat", "create", "create_tree",
-    "delete_conversation", "get", "load", "new_id", "params_dict", "path", "rename",
-    "retitle", "save_reply", "strip_controls", "switch_branch", "title_from_text", "tree",
-    "update_settings",
+    "Thread", "add_message", "address", "beat", "continue_in_chat", "create", "create_tree",
+    "delete_conversation", "get", "load", "message", "new_id", "params_dict", "path",
+    "path_to", "rename", "retitle", "save_reply", "start_answer", "strip_controls",
+    "switch_branch", "title_from_text", "tree", "update_settings",
 ]

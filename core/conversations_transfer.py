@@ -21,7 +21,7 @@ from core.providers.base import PARAM_RANGES, Params, param_ok
 MAX_IMPORT_BYTES = 50 * 1024 * 1024  # refused before parsing
 FORMAT = "owngpt.conversation"
 FORMAT_VERSION = 1
-IMPORTED_STATUSES = ("ok", "stopped", "error")
+IMPORTED_STATUSES = ("ok", "stopped", "error", "interrupted", "running")
 NAME_CHARS = 200  # an endpoint's or a model's name, as the database keeps it
 
 
@@ -91,6 +91,8 @@ def export_markdown(user_id: str, conversation_id: str, *, eng: Engine | None = 
         out.append(m.text)
         if m.status == "stopped":
             out += ["", f"*{t('convo.md_stopped')}*"]
+        elif m.status in ("interrupted", "running"):
+            out += ["", f"*{t('convo.md_interrupted')}*"]
         elif m.status == "error":
             out += ["", f"*{t('convo.md_error', kind=m.error_kind or '?')}*"]
     return "\n".join(out) + "\n"
@@ -194,9 +196,12 @@ def _validate(doc: Any) -> tuple[dict[str, Any], list[tuple[Any, Any, ChatMessag
             if not isinstance(value, (str, type(None))) or len(value or "") > longest:
                 raise bad(f"{where}.{name}")
         seen.add(mid)
+        status = m.get("status", "ok")
         items.append((mid, parent, ChatMessage(
             role=m["role"], text=strip_controls(text), reasoning=strip_controls(reasoning),
-            status=m.get("status", "ok"), error_kind=m.get("error_kind"),
+            # Exported while it streamed: no call of this app will ever complete it.
+            status="interrupted" if status == "running" else status,
+            error_kind=m.get("error_kind"),
             model=strip_controls(m["model"]) if m.get("model") else None)))
     active = doc.get("active") or []
     if not isinstance(active, list) or not all(

@@ -3,20 +3,29 @@ two tabs at once, titles that never hold an answer up. Against the fake servers 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
-from core import chat
+from core import chat, compare, metering
 from core import conversations as convs
 from core.config import make_endpoint
 from core.conversations import ChatMessage
 from core.conversations_context import sendable
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOpenAIServer
+from tests.test_app import app, screen_text
+from tests.test_compare_page import compare_page
 from tests.timing import WAIT_S, wait_until
 
 ME = "ana@example.com"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def endpoint(server):
@@ -181,3 +190,130 @@ def test_a_rename_made_while_the_title_is_asked_stands(db, openai_server):
     assert [(r["source"], r["status"]) for r in call_rows(db)] == [("chat", "ok"),
                                                                   ("title", "ok")]
     assert convs.get(ME, turn.cid).title == "Cats"
+
+
+# --- an answer exists from the moment its request goes out ---------------------------------
+
+
+@pytest.fixture
+def streaming_server():
+    """Streams 1,000 tokens at 50 a second: 20 s, far longer than any test waits for."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=1000, rate=50, slow_first_token=30) as server:
+        yield server
+
+
+def answer_row(cid: str) -> ChatMessage:
+    return [m for m in convs.path(ME, cid) if m.role == "assistant"][-1]
+
+
+def test_the_answer_is_saved_running_and_its_heartbeat_writes_the_text_so_far(
+        db, streaming_server, monkeypatch):
+    monkeypatch.setattr(metering, "HEARTBEAT_S", 0.05)
+    turn = chat.send(ME, "Tell me a long story", settings(streaming_server))
+    # Written before the request goes out: the branch ends with the answer, running.
+    assert [(m.role, m.status, m.text) for m in convs.path(ME, turn.cid)] == [
+        ("user", "ok", "Tell me a long story"), ("assistant", "running", "")]
+    assert turn.answer.call_key == turn.call.key and convs.get(ME, turn.cid).seq == turn.seq
+    turn.start()
+    try:
+        assert chat.live(turn.answer.id) is turn  # a reload in this process finds it
+        first = wait_until(lambda: answer_row(turn.cid).text, what="a heartbeat with text")
+        assert first.startswith("Echo")
+        wait_until(lambda: len(answer_row(turn.cid).text) > len(first), what="a later beat")
+        assert answer_row(turn.cid).status == "running"
+    finally:
+        turn.stop()
+    assert turn.wait(WAIT_S)
+    saved = answer_row(turn.cid)
+    assert (saved.status, saved.id, saved.call_id) == ("stopped", turn.answer.id,
+                                                       turn.call.row_id)
+    assert saved.text == turn.call.text and chat.live(turn.answer.id) is None
+    assert convs.get(ME, turn.cid).seq == turn.seq  # completing it is no edit to be told of
+
+
+# A second app process: one chat turn, or one compare turn, heartbeats every 0.1 s.
+CHILD = textwrap.dedent("""
+    import sys
+    from core import chat, compare, metering
+    from core.config import make_endpoint
+
+    metering.HEARTBEAT_S = 0.1
+    what, user, key, *urls = sys.argv[1:]
+    eps = [make_endpoint(f"E{i}", "custom", base_url=u, api_key=key, source="env")
+           for i, u in enumerate(urls)]
+    if what == "chat":
+        turn = chat.send(user, "Tell me a long story",
+                         chat.Settings(eps[0], "gpt-4o-mini")).start()
+        print(turn.cid, flush=True)
+        turn.wait(60)
+    else:
+        cid = compare.create(user, [compare.Pane("E0", "gpt-4o-mini"),
+                                    compare.Pane("E1", "gpt-4o-mini")])
+        print(cid, flush=True)
+        compare.send(user, cid, "Tell me a long story",
+                     {e.name: e for e in eps}).run.wait(60)
+""")
+
+
+def child(what: str, user: str, *servers) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, what, user, API_KEY,
+                             *(s.url for s in servers)], cwd=ROOT, env={**os.environ},
+                            stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def killed(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=WAIT_S)
+
+
+def test_a_process_killed_mid_answer_leaves_the_answer_interrupted_with_its_text(
+        db, streaming_server, openai_server):
+    proc, cid = child("chat", ME, streaming_server)
+    try:
+        beat = wait_until(lambda: (m := answer_row(cid)).text and m,
+                          what="the other process's answer with text")
+    finally:
+        killed(proc)
+    assert beat.status == "running"
+    # The app starts again (a restart marks what a dead process left): the answer is
+    # settled with its call, its text so far kept.
+    wait_until(lambda: metering.mark_interrupted(db, stale_after_s=0.5), what="staleness")
+    [call] = call_rows(db)
+    after = answer_row(cid)
+    assert (after.status, after.call_id, call["status"]) == ("interrupted", call["id"],
+                                                            "interrupted")
+    assert after.text.startswith(beat.text) and after.text.startswith("Echo")
+    # Continued: the request carries the question once, with the partial answer.
+    ask(openai_server, "Go on", convs.get(ME, cid))
+    sent = openai_server.requests[-1]["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("user", "Tell me a long story"), ("assistant", after.text), ("user", "Go on")]
+
+
+def test_a_process_killed_mid_compare_leaves_a_turn_that_can_be_voted_on(
+        db, openai_server, streaming_server):
+    user = "local"  # the compare page's, without sign-in
+    proc, cid = child("compare", user, openai_server, streaming_server)
+    try:
+        wait_until(lambda: [(a.status, bool(a.text)) for t in compare.load(user, cid).turns
+                            for a in t.answers] == [("ok", True), ("running", True)],
+                   what="pane A done and pane B's text so far")
+    finally:
+        killed(proc)
+    with pytest.raises(compare.CompareError, match="still_running"):
+        compare.vote(user, cid, 0, "win", 0)
+    wait_until(lambda: metering.mark_interrupted(db, stale_after_s=0.5), what="staleness")
+    a, b = compare.load(user, cid).turns[0].answers
+    b_row = next(r for r in call_rows(db) if r["status"] == "interrupted")
+    assert (b.status, b.call_id) == ("interrupted", b_row["id"]) and b.text.startswith("Echo")
+    assert a.status == "ok" and a.call_id is not None
+    # The compare page, reopened after the restart, shows it and offers the vote.
+    at = compare_page(app().run())
+    at.session_state["cmp_id"] = cid
+    at.run()
+    assert not at.exception, at.exception
+    assert "Interrupted: the app stopped" in at.warning[0].value
+    assert "Echo: Tell me" in screen_text(at)
+    at.button(key=f"cmp_vote_{cid}_0_win_0").click().run()
+    assert compare.load(user, cid).turns[0].vote["winner"] == 0  # voted on, at last

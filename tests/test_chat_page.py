@@ -7,16 +7,20 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import chat as flow
 from core import conversations as convs
 from core import conversations_context as ctx
 from core import conversations_list as listing
 from core import conversations_transfer as transfer
+from core import store
+from core.config import make_endpoint
 from core.providers import Message
 from core.ui import chat as chat_ui
 from core.ui.conversations import import_file
 from tests.conftest import API_KEY, call_rows
+from tests.fakes import FakeOpenAIServer
 from tests.test_app import ENTRY, screen_text
-from tests.timing import wait_until
+from tests.timing import WAIT_S, wait_until
 
 MODEL_BOX = "chat_model_OpenAI-compatible"
 
@@ -319,3 +323,78 @@ def test_an_import_with_parameters_out_of_range_says_which(db, doc, says):
     data = {"format": transfer.FORMAT, "version": 1, "messages": [], **doc}
     cid, problem = import_file("local", json.dumps(data).encode())
     assert cid is None and says in problem
+
+
+@pytest.fixture
+def slow_openai(monkeypatch):
+    """The page's server: "fault-slow" waits ten minutes for its first token; the others
+    stream 1,000 tokens at 50 a second (20 s)."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=1000, rate=50, slow_first_token=600) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        yield server
+
+
+def started(server, model: str) -> flow.ChatTurn:
+    """A message sent by another run of the page (the tab before its reload)."""
+    endpoint = make_endpoint("OpenAI-compatible", "openai", base_url=server.url,
+                             api_key=API_KEY, source="env")
+    return flow.send("local", "Tell me a long story", flow.Settings(endpoint, model)).start()
+
+
+def live_answer(at: AppTest) -> str:
+    [_, answer] = at.chat_message
+    return answer.markdown[-1].value
+
+
+@pytest.mark.parametrize("model", ["fault-slow", "gpt-4o-mini"])
+def test_a_reload_while_an_answer_streams_shows_it_and_its_stop(db, slow_openai, model):
+    turn = started(slow_openai, model)
+    try:
+        if model == "gpt-4o-mini":  # mid-stream, else during the first token
+            wait_until(lambda: len(turn.call.text) > 20, what="part of the answer")
+        at = app(c=turn.cid).run()
+        assert not at.exception, at.exception
+        assert [m.name for m in at.chat_message] == ["user", "assistant"]
+        if model == "fault-slow":
+            assert live_answer(at) == ":gray[Waiting for the first token…]"
+        else:
+            assert live_answer(at).startswith("Echo: Tell me a long story")
+            assert live_answer(at).endswith(" ▌")
+        at.button(key=f"chat_watch_stop_{turn.answer.id}").click().run()
+    finally:
+        turn.stop()
+    assert turn.wait(WAIT_S)
+    at.run()
+    assert "⏹ Stopped. The partial answer is kept." in [c.value for c in at.caption]
+    assert convs.path("local", turn.cid)[-1].status == "stopped"
+
+
+def test_an_answer_another_process_streams_is_drawn_from_its_heartbeat(db, fake_openai):
+    cid = convs.create("local", messages=[
+        convs.ChatMessage("user", "q"),
+        convs.ChatMessage("assistant", "the text so far", status="running")]).id
+    at = app(c=cid).run()
+    assert live_answer(at) == "the text so far ▌"
+    assert any("another run of the app" in c.value for c in at.caption)
+    answer_id = convs.path("local", cid)[-1].id
+    with db.begin() as conn:  # the other process saves it
+        conn.execute(store.messages.update().where(store.messages.c.id == answer_id)
+                     .values(text="the whole text", status="ok"))
+    at.run()
+    assert live_answer(at) == "the whole text"
+
+
+def test_an_interrupted_answer_shows_its_text_and_retry_asks_again(db, fake_openai):
+    cid = convs.create("local", endpoint="OpenAI-compatible", model="gpt-4o-mini", messages=[
+        convs.ChatMessage("user", "q"),
+        convs.ChatMessage("assistant", "half an ans", status="interrupted")]).id
+    at = app(c=cid).run()
+    assert live_answer(at) == "half an ans"
+    assert "Interrupted: the app stopped" in at.warning[0].value
+    [retry] = [b for b in at.button if b.key.startswith("chat_retry_")]
+    retry.click().run()
+    assert not at.exception, at.exception
+    assert [m["content"] for m in fake_openai.requests[-1]["messages"]] == ["q"]
+    assert on_screen(at)[-1][1].startswith("Echo: q") and any(
+        md.value == "2/2" for md in at.markdown)

@@ -8,7 +8,6 @@ that ends the script run that started it saves it all the same.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -39,6 +38,8 @@ PENDING = "chat_pending"  # a regenerate or an edit asked for by a button, done 
 NOTICE = "chat_notice"  # a catalog key to tell the user once (a conversation changed elsewhere)
 FIT = "chat_fit"  # the context the last request used: the gauge
 ASK_TITLES = "chat_ask_titles"
+# How often a running answer that another run of the page started is drawn again.
+WATCH_S = 1.0
 
 
 # --- which conversation is open ------------------------------------------------------------
@@ -159,15 +160,25 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
                   icon=":material/expand_less:", on_click=_show_more)
     rows = _call_rows([m.call_id for m in thread.messages if m.call_id is not None])
     urls = {e.name: e.base_url for e in endpoints}
-    last = thread.messages[-1] if thread.messages else None
-    for m in thread.messages:
+    messages = thread.messages
+    streaming = messages[-1] if messages and messages[-1].status == "running" else None
+    if streaming is not None:
+        messages = messages[:-1]  # drawn live below, not as saved
+    for m in messages:
         _show_saved(m, thread, rows.get(m.call_id), urls.get(thread.conversation.endpoint, "?"),
-                    is_last=m is last)
+                    is_last=m is thread.messages[-1])
     turn = _active()
-    if (turn is not None and not turn.finished and turn.cid == thread.conversation.id
-            and last is not None and turn.question.id == last.id):
+    if streaming is not None and turn is not None and turn.answer.id == streaming.id:
+        # This session's answer, live; one that ended since the read above is drawn as it
+        # ended (a rerun would find it saved, or, "not saved yet", still running).
+        finished = turn.finished
         _follow(turn)
-        _redraw_saved(turn)
+        if not finished:
+            _redraw_saved(turn)
+    elif streaming is not None:
+        # Another run of the page started it (a reload, another tab, a restart since):
+        # followed from this process's turn, or from its heartbeat in the database.
+        _watch(user, thread.conversation.id, streaming.id)
     if writes.unsaved(conversation_id=thread.conversation.id):
         st.warning(t("writes.unsaved_reply"), icon=":material/cloud_off:")
 
@@ -196,6 +207,10 @@ def _show_saved(m: convs.ChatMessage, thread: convs.Thread, row: dict[str, Any] 
 def _outcome(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None:
     if m.status == "stopped":
         st.caption("⏹ " + t("chat.stopped"))
+    elif m.status == "interrupted":
+        st.warning(t("chat.interrupted"), icon=":material/power_off:")
+    elif m.status == "running":  # above a newer message: another tab sent below it
+        st.caption(t("chat.still_running"))
     if row is not None and row.get("finish_reason") == "length":
         st.caption("✂ " + t("chat.cut_by_length"))
     if m.status == "error":
@@ -222,7 +237,8 @@ def _saved_error(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> 
 
 
 def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None:
-    """Branch arrows, regenerate (an answer) or edit (a question); Retry on a failed last turn."""
+    """Branch arrows, regenerate (an answer) or edit (a question); Retry on a last answer that
+    failed or was interrupted."""
     assert m.id is not None
     branch = thread.branches.get(m.id)
     busy = _streaming()
@@ -236,7 +252,7 @@ def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None
                        disabled=busy or branch.step(1) is None, on_click=_switch,
                        args=(branch.step(1),), help=t("convo.next_branch"))
     if m.role == "assistant" and m.parent_id is not None:
-        if is_last and m.status == "error":
+        if is_last and m.status in ("error", "interrupted"):
             row.button(t("chat.retry"), key=f"chat_retry_{m.id}", icon=":material/refresh:",
                            disabled=busy, on_click=_ask, args=(("regen", m.parent_id),))
         else:
@@ -369,9 +385,9 @@ def send(prompt: str, choice: Choice, params: Params, thread: convs.Thread | Non
     remember(user, choice)
     turn = _active()
     if (turn is not None and thread is not None and turn.cid == thread.conversation.id
-            and thread.leaf_id == turn.question.id):
+            and thread.leaf_id == turn.answer.id):
         # The answer this message follows was still streaming when the page read the
-        # conversation: once its worker has saved it, the new message goes below it.
+        # conversation: once its worker has saved it whole, the request carries all of it.
         turn.wait(10)
         try:
             thread = convs.load(user, thread.conversation.id, last=1)
@@ -384,8 +400,7 @@ def send(prompt: str, choice: Choice, params: Params, thread: convs.Thread | Non
             conversation=thread.conversation if thread is not None else None,
             parent_id=thread.leaf_id if thread is not None else None,
             seq=view["seq"] if thread is not None else 0,
-            ask_title=bool(st.session_state.get(ASK_TITLES)),
-            on_saved=functools.partial(_own_write, view))
+            ask_title=bool(st.session_state.get(ASK_TITLES)))
     except flow.ChatRefused as refused:
         st.warning(t(refused.key, **refused.context))
         return
@@ -410,8 +425,7 @@ def regenerate(question_id: int, choice: Choice, params: Params, thread: convs.T
     try:
         started = flow.regenerate(user, _settings(choice, params, system), thread.conversation,
                                   question_id, seq=view["seq"], edited=edited,
-                                  ask_title=bool(st.session_state.get(ASK_TITLES)),
-                                  on_saved=functools.partial(_own_write, view))
+                                  ask_title=bool(st.session_state.get(ASK_TITLES)))
     except flow.ChatRefused as refused:
         st.warning(t(refused.key, **refused.context))
         return
@@ -424,13 +438,6 @@ def regenerate(question_id: int, choice: Choice, params: Params, thread: convs.T
     if edited is not None:
         _show_plain(started.question)
     _answer(started, choice)
-
-
-def _own_write(view: dict[str, Any], turn: flow.ChatTurn, after: int) -> None:
-    # On the reply's worker: the tab that sent it is not told "changed elsewhere" about the
-    # reply it saved itself, unless something else was written since.
-    if view.get("cid") == turn.cid and view.get("seq") == turn.seq:
-        view["seq"] = after
 
 
 def _changed() -> None:
@@ -465,6 +472,39 @@ def _redraw_saved(turn: flow.ChatTurn) -> None:
     # lists it and the answer gets its buttons (regenerate, branches).
     if turn.finished:
         st.rerun()
+
+
+@st.fragment(run_every=WATCH_S)
+def _watch(user: str, cid: str, answer_id: int) -> None:
+    """A running answer this run of the page did not start, redrawn every WATCH_S: from its
+    turn when this process streams it (with Stop), else from its heartbeat in the database.
+    Once it has ended the whole page is drawn again, with the answer as saved."""
+    turn = flow.live(answer_id)
+    if turn is not None:
+        text, reasoning, running = turn.call.text, turn.call.reasoning, not turn.finished
+    else:
+        try:
+            m = convs.message(user, cid, answer_id)
+        except convs.ConversationNotFound:
+            st.rerun()
+            return
+        text, reasoning, running = m.text, m.reasoning, m.status == "running"
+    if not running:
+        st.rerun()
+    with st.chat_message("assistant"):
+        if reasoning:
+            with st.expander(t("chat.thinking"), expanded=not text,
+                             icon=":material/psychology:"):
+                st.markdown(reasoning)
+        if text:
+            st.markdown(text + " ▌")
+        else:
+            st.markdown(f":gray[{t('chat.waiting')}]")
+        if turn is None:
+            st.caption(t("chat.following"))
+        else:
+            st.button(t("run.stop"), key=f"chat_watch_stop_{answer_id}",
+                      icon=":material/stop_circle:", on_click=turn.stop)
 
 
 def _keep_fit(cid: str, choice: Choice, system: str, req: flow.Request) -> None:
