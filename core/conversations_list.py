@@ -16,6 +16,7 @@ from sqlalchemy import Engine, exists, func, or_, select
 
 from core import store
 from core.conversations import title_from_text
+from core.conversations_rows import engine_of
 
 _C = store.conversations
 _M = store.messages
@@ -58,13 +59,13 @@ def list_conversations(user_id: str, *, limit: int = 50, offset: int = 0,
     """This user's conversations, the most recently written first."""
     query = (select(*_SUMMARY_COLS).where(_C.c.user_id == user_id)
              .order_by(_C.c.updated_at.desc(), _C.c.id).limit(limit).offset(offset))
-    with _eng(eng).connect() as conn:
+    with engine_of(eng).connect() as conn:
         return [_summary(r) for r in conn.execute(query)]
 
 
 def count_conversations(user_id: str, *, eng: Engine | None = None) -> int:
     """How many conversations this user has."""
-    with _eng(eng).connect() as conn:
+    with engine_of(eng).connect() as conn:
         return conn.execute(
             select(func.count()).select_from(_C).where(_C.c.user_id == user_id)
         ).scalar_one()
@@ -98,7 +99,7 @@ def search(user_id: str, text: str, *, limit: int = 20, offset: int = 0,
              .where(_C.c.user_id == user_id,
                     or_(_C.c.title.icontains(text, autoescape=True), in_message))
              .order_by(_C.c.updated_at.desc(), _C.c.id).limit(limit).offset(offset))
-    with _eng(eng).connect() as conn:
+    with engine_of(eng).connect() as conn:
         found = [_summary(r) for r in conn.execute(query)]
         hits = []
         for conv in found:
@@ -125,7 +126,7 @@ def spent(user_id: str, conversation_id: str, *, eng: Engine | None = None) -> S
                    func.coalesce(func.sum(calls.c.output_tokens), 0),
                    func.sum(calls.c.cost_usd), func.count(calls.c.cost_usd)).where(
         calls.c.user_id == user_id, calls.c.conversation_id == conversation_id)
-    with _eng(eng).connect() as conn:
+    with engine_of(eng).connect() as conn:
         n, tokens_in, tokens_out, cost, priced = conn.execute(query).one()
     cost = None if cost is None else Decimal(str(cost))
     return Spent(n, int(tokens_in), int(tokens_out), cost, priced == n)
@@ -148,7 +149,3 @@ def _snippet(text: str, needle: str) -> str:
     start, end = max(0, at - _SNIPPET), min(len(text), at + len(needle) + _SNIPPET)
     body = " ".join(text[start:end].split())
     return ("…" if start else "") + body + ("…" if end < len(text) else "")
-
-
-def _eng(eng: Engine | None) -> Engine:
-    return eng or store.engine()
