@@ -1,12 +1,14 @@
-"""The chat turn without streamlit: a question saved in its conversation, the request built
-from the branch it ends, the metered call and its `Run`, the answer saved from the worker, and
-titles.
+"""The chat turn without streamlit: a question saved in its conversation with its answer, the
+request built from the branch it ends, the metered call and its `Run`, the answer saved from
+the worker, and titles.
 
 Like `core.compare` for compare: `core.ui.chat` keeps the session's state and draws, and a
-test drives every step here without Streamlit. A turn is returned before it starts (`start()`),
-so the page can register it first: a run that went out is always one the next script run
-finds. Its answer is saved by the run's worker thread (`on_end`), so a Stop or a rerun that
-ends the script run loses nothing.
+test drives every step here without Streamlit. The answer exists from the moment the turn is
+made (a message with status running, its text written with the call's heartbeat), so a
+reload or a crash never loses it. A turn is returned before it starts (`start()`), so the
+page can register it first: a run that went out is always one the next script run finds. Its
+answer is completed by the run's worker thread (`on_end`), so a Stop or a rerun that ends the
+script run loses nothing; a title is asked after that, in a run of its own.
 """
 
 from __future__ import annotations
