@@ -245,6 +245,7 @@ SETTLE = timedelta(minutes=62)
 # piece adapt to the machine, so a first build over a million calls never keeps other writers
 # (a call's row, a saved answer) waiting long (bench/README.md: the longest hold).
 PIECE_S = 0.25
+PIECE_ROWS = (1_000, 1_000_000)  # the fewest and the most calls a piece is sized for
 _piece_rows = 20_000  # learned as pieces are built
 
 
@@ -348,8 +349,9 @@ def _roll_piece(eng: Engine, user_id: str, start: datetime, end: datetime,
     if holds is not None:
         holds.append(held)
     # The next piece is sized so that it holds the lock about PIECE_S.
+    fewest, most = PIECE_ROWS
     _piece_rows = int(min(max(_piece_rows * min(max(PIECE_S / max(held, 1e-3), 0.25), 4.0),
-                              1_000), 1_000_000))
+                              fewest), most))
     return end
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
-from core import connections
+from core import budget, connections
 from core.config import make_endpoint
 from core.providers import ErrorKind, ProviderError
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, call_rows
+from tests.test_usage import add
 
 
 def azure(server, key=API_KEY, models=("gpt-4o-mini",)):
@@ -70,3 +73,31 @@ def test_pull_shows_progress_and_a_missing_model_says_so(ollama_server, openai_s
     with pytest.raises(ProviderError) as caught:
         list(connections.pull(ollama, "missing-model"))  # the fake has no such model
     assert caught.value.hint == "error.pull_missing"
+
+
+def test_a_connection_test_is_a_metered_call_and_listing_models_is_not(db, openai_server):
+    listed = make_endpoint("fake", "custom", base_url=openai_server.url, api_key=API_KEY)
+    connections.check(listed, user_id="ana")
+    assert call_rows(db) == []  # listing models is not a model request
+    probed = make_endpoint("fake", "custom", base_url=openai_server.url, api_key=API_KEY,
+                           models=["gpt-4o-mini"])
+    assert connections.check(probed, user_id="ana").probed == "gpt-4o-mini"
+    [row] = call_rows(db)
+    assert (row["source"], row["status"], row["user_id"], row["model"]) == (
+        "test", "ok", "ana", "gpt-4o-mini")
+    assert row["input_tokens"] > 0 and row["ended_at"] is not None
+
+
+def test_a_connection_test_obeys_the_hard_stop_when_the_budget_is_spent(db, openai_server):
+    budget.set_budget("ana", "1", "USD", hard_stop=True, eng=db)
+    add(db, cost=Decimal("1.5"))  # this month's spend is past the budget
+    endpoint = make_endpoint("fake", "custom", base_url=openai_server.url, api_key=API_KEY,
+                             models=["gpt-4o-mini"])
+    before = len(openai_server.requests)
+    with pytest.raises(ProviderError) as caught:
+        connections.check(endpoint, user_id="ana")
+    assert caught.value.kind == ErrorKind.BUDGET and caught.value.hint == "error.budget"
+    assert openai_server.requests[before:] == []  # nothing went out
+    refused = call_rows(db)[-1]
+    assert (refused["source"], refused["status"], refused["error_kind"]) == (
+        "test", "error", "budget")

@@ -3,20 +3,23 @@ it runs, `interrupted` when its process died, never for a live call of another p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event, select
 
-from core import metering, store
+from core import metering, store, usage, writes
+from core.budget import set_budget
 from core.config import make_endpoint
 from core.metering import Call, mark_interrupted
 from core.pricing import Price, set_user_price
@@ -24,7 +27,7 @@ from core.providers import Message
 from core.runner import Run
 from tests.conftest import API_KEY, call_rows
 from tests.fakes import FakeOpenAIServer
-from tests.timing import wait_until
+from tests.timing import WAIT_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = [Message("user", "Hello, how are you today?")]
@@ -101,45 +104,129 @@ def test_only_rows_whose_heartbeat_stopped_become_interrupted(db, openai_server,
     assert live["status"] == "ok"
 
 
-# A second app process: one call on the given server, heartbeats every 0.1 s.
+# A second app process: one call on the given server, heartbeats every 0.1 s, with a fault:
+# "skewed" (its clock ten minutes slow), "budget" (the budget's read never answers: it says
+# "checking" and hangs there), "saving" (says "answered" when the answer is in, before its
+# writes; the test holds the lock so they wait). With a conversation id, the reply is saved
+# as the chat page does.
 CHILD = textwrap.dedent("""
-    import sys, time
-    from core import metering
+    import sys, threading, time
+    from datetime import datetime, timedelta
+    from core import conversations, metering, store
     from core.config import make_endpoint
     from core.metering import Call
     from core.providers import Message
     from core.runner import Run
 
     metering.HEARTBEAT_S = 0.1
-    url, key, model = sys.argv[1:4]
+    url, key, model, fault, cid, parent = (sys.argv[1:] + ["", "", "", ""])[:6]
+    if fault == "skewed":
+        class Slow(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return datetime.now(tz) - timedelta(minutes=10)
+        metering.datetime = Slow
+    if fault == "budget":
+        from sqlalchemy import event
+        main = threading.current_thread()
+        def hang(conn, cursor, statement, *rest):
+            if threading.current_thread() is not main and statement.lstrip().startswith("SELECT"):
+                print("checking", flush=True)
+                time.sleep(600)
+        event.listen(store.engine(), "before_cursor_execute", hang)
+    def save(call):
+        reply = conversations.ChatMessage("assistant", call.text, status=call.status,
+                                          call_id=call.row_id, model=call.model)
+        conversations.save_reply("ana", cid, reply, parent_id=int(parent), key=call.key)
     ep = make_endpoint("Fake", "custom", base_url=url, api_key=key, source="env")
-    run = Run([Call(ep, model, [Message("user", "Hello, how are you today?")],
-                    user_id="ana")]).start()
+    call = Call(ep, model, [Message("user", "Hello, how are you today?")], user_id="ana",
+                conversation_id=cid or None)
+    run = Run([call], on_end=save if cid else None).start()
+    if fault == "saving":
+        while not call.ended:
+            time.sleep(0.01)
+        print("answered", flush=True)
     run.wait(60)
     print(run.calls[0].status, flush=True)
 """)
 
 
-def child(server, model: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, server.url, API_KEY, model], cwd=ROOT,
+def child(server, model: str, fault: str = "", cid: str = "", parent: int | None = None
+          ) -> subprocess.Popen:
+    args = [server.url, API_KEY, model, fault, cid, "" if parent is None else str(parent)]
+    return subprocess.Popen([sys.executable, "-c", CHILD, *args], cwd=ROOT,
                             env={**os.environ}, stdout=subprocess.PIPE, text=True)
 
 
+def said(proc: subprocess.Popen) -> list[str]:
+    """The lines the child prints, as they come (read on a thread of their own)."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line.strip())
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def test_a_live_call_of_another_process_is_never_marked(db, openai_server):
-    openai_server.slow_first_token = 3.0
-    proc = child(openai_server, "fault-slow")
+    # Its clock is ten minutes slow and it beats every 0.1 s; staleness is 5 s, watched for
+    # longer than that: only the database's clock keeps it alive here.
+    openai_server.slow_first_token = 10.0
+    proc = child(openai_server, "fault-slow", "skewed")
     try:
-        wait_until(lambda: running_row(db), timeout=20, what="the other process's row")
-        deadline = time.monotonic() + 1.5  # past the staleness asked for below
+        row = wait_until(lambda: running_row(db), what="the other process's row")
+        assert row["started_at"] < datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=9)
+        deadline = time.monotonic() + 5.5  # past the staleness asked for below
         while time.monotonic() < deadline:
-            assert mark_interrupted(db, stale_after_s=1.0) == 0
+            assert mark_interrupted(db, stale_after_s=5.0) == 0
             time.sleep(0.1)
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=WAIT_S)
     finally:
         openai_server.slow_first_token = 1.5
         proc.kill()
     assert out.strip() == "ok"
     assert [r["status"] for r in call_rows(db)] == ["ok"]
+
+
+def test_a_process_killed_during_the_budget_check_sent_nothing_and_left_no_row(
+        db, openai_server):
+    before = len(openai_server.requests)
+    proc = child(openai_server, "gpt-4o-mini", "budget")
+    try:
+        lines = said(proc)
+        wait_until(lambda: "checking" in lines, what="the other process in its budget check")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=WAIT_S)
+    assert openai_server.requests[before:] == [] and call_rows(db) == []
+    assert mark_interrupted(db, stale_after_s=0.0) == 0
+    # The database is left as it was: the next call goes out and is logged.
+    call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana").run_sync(WAIT_S)
+    assert call.status == "ok" and [r["status"] for r in call_rows(db)] == ["ok"]
+
+
+def test_a_process_killed_between_the_answer_and_its_writes_leaves_one_interrupted_row(
+        db, openai_server):
+    from tests.test_writes import Lock, messages, question
+    cid, asked = question(db)
+    proc = child(openai_server, "gpt-4o-mini", "saving", cid, asked.id)
+    lock = None
+    try:
+        lines = said(proc)
+        wait_until(lambda: running_row(db), what="the other process's row")
+        lock = Lock(db).take()  # its completion and reply now wait in its write queue
+        wait_until(lambda: "answered" in lines, what="the other process's answer")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=WAIT_S)
+        if lock is not None:
+            lock.release()
+    wait_until(lambda: mark_interrupted(db, stale_after_s=0.5), what="its row to go stale")
+    [row] = call_rows(db)
+    assert row["status"] == "interrupted" and row["input_tokens"] > 0
+    assert messages(db, cid) == [("user", "Hello there", None)]  # no half-saved reply
 
 
 def test_a_process_killed_mid_answer_leaves_one_interrupted_row(db, streaming_server):
@@ -204,3 +291,123 @@ def test_a_database_locked_for_a_while_delays_the_row_not_the_answer(db, openai_
     assert run.wait(10)
     [row] = call_rows(db)
     assert row["status"] == "ok" and row["output_tokens"] == 12
+
+
+@contextlib.contextmanager
+def slow_budget_read(eng):
+    """A database that answers the budget's read only when let go (a stalled disk, a server
+    far away): the first read of a thread other than the test's blocks until `release`."""
+    entered, release = threading.Event(), threading.Event()
+    armed, test_thread = [True], threading.current_thread()
+
+    def stall(conn, cursor, statement, *rest) -> None:
+        if (armed[0] and threading.current_thread() is not test_thread
+                and statement.lstrip().startswith("SELECT")):
+            armed[0] = False
+            entered.set()
+            release.wait(WAIT_S)
+
+    event.listen(eng, "before_cursor_execute", stall)
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        event.remove(eng, "before_cursor_execute", stall)
+
+
+def test_a_stop_during_the_budget_check_is_honoured_and_nothing_goes_out(
+        db, openai_server, monkeypatch):
+    monkeypatch.setattr(metering, "BUDGET_DEADLINE_S", WAIT_S, raising=False)
+    set_budget("ana", "100", "USD", hard_stop=True, eng=db)
+    before = len(openai_server.requests)
+    with slow_budget_read(db) as (entered, _):
+        call = Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana")
+        run = Run([call]).start()
+        assert entered.wait(WAIT_S)
+        run.stop()
+        assert run.wait(WAIT_S)  # while the read still hangs
+    assert call.status == "stopped" and call.text == ""
+    assert openai_server.requests[before:] == [] and call_rows(db) == []
+
+
+def test_a_budget_read_past_its_deadline_fails_closed_only_under_a_hard_stop(
+        db, openai_server, monkeypatch):
+    monkeypatch.setattr(metering, "BUDGET_DEADLINE_S", 0.2)
+    before = len(openai_server.requests)
+    set_budget("ana", "100", "USD", hard_stop=True, eng=db)
+    with slow_budget_read(db):
+        refused = Call(endpoint(openai_server), "gpt-4o-mini", HELLO,
+                       user_id="ana").run_sync(WAIT_S)
+    assert refused.status == "error" and refused.error.hint == "error.budget_unavailable"
+    assert openai_server.requests[before:] == []
+    set_budget("ana", "100", "USD", hard_stop=False, eng=db)
+    with slow_budget_read(db):
+        sent = Call(endpoint(openai_server), "gpt-4o-mini", HELLO,
+                    user_id="ana").run_sync(WAIT_S)
+    assert sent.status == "ok" and len(openai_server.requests[before:]) == 1
+    assert [(r["status"], r["error_kind"]) for r in call_rows(db)] == [
+        ("error", "budget"), ("ok", None)]
+
+
+def test_a_new_call_goes_out_while_another_writer_holds_the_lock_for_8_s(db, openai_server):
+    from tests.test_writes import locked
+    before = len(openai_server.requests)
+    with locked(db, hold_s=8.0) as lock:
+        first = Run([Call(endpoint(openai_server), "gpt-4o-mini", HELLO,
+                          user_id="ana")]).start()  # its row waits for the lock
+        wait_until(lambda: len(openai_server.requests) > before, what="the first request")
+        second = Run([Call(endpoint(openai_server), "gpt-4o-mini", HELLO,
+                           user_id="ana")]).start()
+        wait_until(lambda: len(openai_server.requests) > before + 1,
+                   what="the second request")
+        assert not lock.released.is_set()  # it went out while the lock was still held
+    assert first.wait(WAIT_S) and second.wait(WAIT_S)
+    assert [r["status"] for r in call_rows(db)] == ["ok", "ok"]
+
+
+def hourly_table(db) -> list[tuple]:
+    h = store.calls_hourly.c
+    with db.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(h.hour, h.endpoint, h.model, h.calls, h.input, h.output, h.cost, h.priced,
+                   h.errors).where(h.user_id == "ana").order_by(h.hour, h.model))]
+
+
+def raw_hours(db) -> list[tuple]:
+    raw = usage._hourly_raw("ana", usage.Filters(), db)
+    return [(r.hour, r.endpoint, r.model, r.calls, r.input, r.output,
+             Decimal(0) if r.cost is None else Decimal(str(r.cost)), r.priced, r.errors)
+            for r in raw.sort_values(["hour", "model"]).itertuples()]
+
+
+def test_a_late_completion_of_an_interrupted_row_is_flagged_and_keeps_the_rollup_exact(
+        db, streaming_server, monkeypatch):
+    monkeypatch.setattr(metering, "HEARTBEAT_S", 60.0)  # a process too busy to beat
+    set_user_price("ana", "*", "gpt-4o-mini", Price(Decimal(1), Decimal(2)))
+    call = Call(endpoint(streaming_server), "gpt-4o-mini", HELLO, user_id="ana")
+    run = Run([call]).start()
+    try:
+        wait_until(lambda: running_row(db) and len(call.text) > 20, what="part of the answer")
+        # Another process takes it for dead; the usage page, hours later, rolls its hour up.
+        wait_until(lambda: mark_interrupted(db, stale_after_s=0.0), what="the row marked")
+        usage.roll_up("ana", eng=db, now=datetime.now(UTC) + timedelta(hours=3))
+        counted = hourly_table(db)
+        assert counted == raw_hours(db)
+        assert counted[0][3:6] == (1, call_rows(db)[0]["input_tokens"], 0)
+    finally:
+        run.stop()  # the slow process ends its call after all
+    assert run.wait(WAIT_S)
+    [row] = call_rows(db)
+    assert row["status"] == "stopped" and row["late"]
+    assert row["output_tokens"] == call.usage.output_tokens > 0 and row["cost_usd"] == call.cost
+    assert hourly_table(db) == raw_hours(db) != counted  # corrected in the same transaction
+    # A row that is over is never completed twice: a second completion changes nothing.
+    call.status, call.cost = "error", Decimal(9)
+    writes.write("again", call._write_complete)
+    assert call_rows(db) == [row] and hourly_table(db) == raw_hours(db)
+
+
+def test_an_on_time_row_is_not_late(db, openai_server):
+    Call(endpoint(openai_server), "gpt-4o-mini", HELLO, user_id="ana").run_sync(WAIT_S)
+    [row] = call_rows(db)
+    assert row["status"] == "ok" and not row["late"] and len(row["call_key"]) == 32

@@ -327,3 +327,28 @@ def test_a_rollup_that_cannot_be_written_falls_back_to_the_log(db):
         release.set()
         thread.join(10)
     assert usage.totals(usage.hourly("ana", usage.Filters(), eng=db)).calls == 1
+
+
+def test_the_first_rollup_is_built_in_pieces_that_add_up_to_the_log(db, monkeypatch):
+    monkeypatch.setattr(usage, "_piece_rows", 3)  # pieces of about 3 calls, not 20,000
+    monkeypatch.setattr(usage, "PIECE_ROWS", (3, 3))
+    now = datetime.now(UTC)
+    for hours_ago in range(3, 40):
+        for n in range(hours_ago % 3 + 1):
+            add(db, at=now - timedelta(hours=hours_ago, minutes=n), cost=Decimal("0.01"),
+                status="error" if n == 2 else "ok")
+    add(db, at=now - timedelta(hours=10), model="m2", cost=None)
+    holds: list[float] = []
+    until = usage.roll_up("ana", eng=db, holds=holds)
+    assert len(holds) >= 10  # 74 calls in pieces of about 3, each of whole hours
+    assert until == usage._floor_hour(now - usage.SETTLE)
+    h = store.calls_hourly.c
+    with db.connect() as conn:
+        rolled = conn.execute(select(func.sum(h.calls), func.sum(h.cost), func.sum(h.priced),
+                                     func.sum(h.errors)).where(h.user_id == "ana")).one()
+    assert tuple(rolled) == (74, Decimal("0.73"), 73, 12)
+    built = len(holds)
+    assert usage.roll_up("ana", eng=db, holds=holds) == until and len(holds) == built
+    every = usage.Filters()
+    assert usage.totals(usage.hourly("ana", every, eng=db)) == usage.totals(
+        usage.hourly("ana", usage.Filters(sources=("chat",)), eng=db))  # the log asked directly
