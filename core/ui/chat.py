@@ -1,9 +1,12 @@
 """The chat view on a saved conversation: its messages drawn from the database at draw time,
 sending one, regenerating and editing (branches), and what a reply cost.
 
-The conversation is the state: a reload, a restart or another page loses nothing. The reply
-streams on the call loop and is saved by the run's worker (`on_end`), so a Stop or a rerun
-that ends the script run that started it saves it all the same.
+The conversation is the state: a reload, a restart or another page loses nothing. The turn
+itself (request, call, saving, titles) is `core.chat`'s; this module keeps the session's
+state (which conversation is open, the seq the user saw, the turn streaming) and draws. An
+answer this session streams is drawn live; one that another run of the page started (a
+reload, another tab) is followed by a fragment that polls. One concern, the chat view, whose
+drawing helpers share that session state: it reads better whole than split (~540 lines).
 """
 
 from __future__ import annotations
