@@ -554,6 +554,8 @@ def stored(db, conversation_id: str, sql: str, **values) -> None:
     ('[0.5]', ["params: not a set of parameters"], Params()),
 ])
 def test_bad_stored_parameters_are_left_out_with_a_note(db, params, noted, kept):
+    if noted == ["params: not readable"] and db.dialect.name != "sqlite":
+        pytest.skip("only SQLite keeps text its JSON type cannot read back")
     conv = chat(db, "hello", "hi")
     stored(db, conv.id, "UPDATE conversations SET params = :p WHERE id = :cid", p=params)
     got = cv.get(ME, conv.id, eng=db)
