@@ -26,7 +26,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from core import conversations as cv
+from core import conversations_list as cl
 from core import store
+from core.conversations_context import fit_context
 
 USER = "bench@example.com"
 QUESTION = "请解释一下这段代码为什么在高并发下会死锁，并给出修改建议。" * 5 + "x" * 150
@@ -114,11 +116,11 @@ def main() -> None:
 
             def rerun(cid: str = cid) -> None:
                 cv.load(USER, cid, last=40, eng=eng)
-                cv.group_by_day(cv.list_conversations(USER, eng=eng), "Asia/Shanghai")
-                cv.spent(USER, cid, eng=eng)
+                cl.group_by_day(cl.list_conversations(USER, eng=eng), "Asia/Shanghai")
+                cl.spent(USER, cid, eng=eng)
 
             def send(cid: str = cid) -> None:
-                fit = cv.fit_context("Be brief.", cv.path(USER, cid, eng=eng), 128_000, 4_000)
+                fit = fit_context("Be brief.", cv.path(USER, cid, eng=eng), 128_000, 4_000)
                 assert fit.messages
 
             for name, fn in (("load last 40", load), ("rerun (load + list + total)", rerun),
@@ -127,14 +129,14 @@ def main() -> None:
                 print(f"{turns:>5} turns  {name:<32}{median:>11.2f}{worst:>9.2f}")
 
         build_many(eng, 5000, next_id)
-        total = cv.count_conversations(USER, eng=eng)
+        total = cl.count_conversations(USER, eng=eng)
         for name, fn in (
-            ("list first 50 + group by day", lambda: cv.group_by_day(
-                cv.list_conversations(USER, limit=50, eng=eng), "Asia/Shanghai")),
-            ("list all", lambda: cv.list_conversations(USER, limit=10_000, eng=eng)),
-            ("search '死锁' (first 20)", lambda: cv.search(USER, "死锁", eng=eng)),
-            ("search 'topic 42' (title)", lambda: cv.search(USER, "topic 42", eng=eng)),
-            ("search absent text", lambda: cv.search(USER, "no such words", eng=eng)),
+            ("list first 50 + group by day", lambda: cl.group_by_day(
+                cl.list_conversations(USER, limit=50, eng=eng), "Asia/Shanghai")),
+            ("list all", lambda: cl.list_conversations(USER, limit=10_000, eng=eng)),
+            ("search '死锁' (first 20)", lambda: cl.search(USER, "死锁", eng=eng)),
+            ("search 'topic 42' (title)", lambda: cl.search(USER, "topic 42", eng=eng)),
+            ("search absent text", lambda: cl.search(USER, "no such words", eng=eng)),
         ):
             median, worst = timed(fn, args.rounds)
             print(f"{total:>5} convs  {name:<32}{median:>11.2f}{worst:>9.2f}")

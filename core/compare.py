@@ -2,13 +2,19 @@
 
 Every function that reads or writes a user's data takes `user_id`; `save_answer` is called from
 the worker thread when a pane's call ends and opens its own connection from the engine pool.
+A turn's answers exist from the moment it is sent (`send`): running, linked to their calls,
+their text written with the calls' heartbeat, settled as interrupted with their calls if the
+process dies (`metering.mark_interrupted`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import secrets
+import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +22,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from core import store, writes
+from core.config import Endpoint
+from core.metering import Call
 from core.providers import Message, Params
+from core.runner import Run
 
 MIN_PANES, MAX_PANES = 2, 4
 OUTCOMES = ("win", "tie", "both_bad")
@@ -207,6 +216,92 @@ def save_call(cid: str, turn: int, position: int, call: Any, *,
                 reasoning=getattr(call, "reasoning", "") or "",
                 status=call.status, error_kind=error.kind.value if error else None,
                 call_id=call.row_id, key=getattr(call, "key", None), eng=eng)
+
+
+@dataclass
+class LiveTurn:
+    """A turn being answered: its run (one call per pane) and each call's pane."""
+
+    cid: str
+    turn: int
+    run: Run
+    positions: dict[int, int]  # id(call) -> the pane's position
+
+    def position(self, call: Call) -> int:
+        """The pane a call of the run answers for."""
+        return self.positions[id(call)]
+
+
+# The turns being answered in this process, by (comparison id, turn).
+_live: dict[tuple[str, int], LiveTurn] = {}
+_live_lock = threading.Lock()
+
+
+def send(user_id: str, cid: str, prompt: str, endpoints: Mapping[str, Endpoint], *,
+         eng: Engine | None = None) -> LiveTurn:
+    """Record `prompt` as the next turn and send it to every pane at once through one Run.
+
+    Each answer is linked to its call before anything is sent and written with its heartbeat;
+    the run's worker saves each as its call ends (a Stop or a rerun loses nothing). A pane
+    whose endpoint (by name in `endpoints`) is gone fails at once.
+    """
+    turn = start_turn(user_id, cid, prompt, eng=eng)
+    comp = load(user_id, cid, eng=eng)
+    calls: list[Call] = []
+    positions: dict[int, int] = {}
+    for pane in comp.panes:
+        endpoint = endpoints.get(pane.endpoint)
+        if endpoint is None:  # the endpoint was removed since: the pane fails visibly
+            save_answer(cid, turn, pane.position, text="", status="error",
+                        error_kind="config", eng=eng)
+            continue
+        _, params = pane_settings(comp, pane.position)
+        call = Call(endpoint, pane.model, messages_for(comp, pane.position, turn), params,
+                    user_id=user_id, source="compare", comparison_id=cid, eng=eng)
+        call.on_beat = functools.partial(beat, cid, turn, pane.position)
+        positions[id(call)] = pane.position
+        calls.append(call)
+    _link_calls(cid, turn, {positions[id(c)]: c.key for c in calls}, eng=eng)
+    live: LiveTurn
+
+    def on_end(call: Call) -> None:  # worker thread: saving survives a Stop or a rerun
+        with contextlib.suppress(writes.NotSavedYet):  # kept and saved later; said so
+            save_call(cid, turn, positions[id(call)], call, eng=eng)
+        if all(c.ended for c in live.run.calls):
+            with _live_lock:
+                _live.pop((cid, turn), None)
+
+    live = LiveTurn(cid, turn, Run(calls, on_end=on_end), positions)
+    if calls:
+        with _live_lock:
+            _live[(cid, turn)] = live
+    live.run.start()
+    return live
+
+
+def live_turn(cid: str, turn: int) -> LiveTurn | None:
+    """The turn of comparison `cid` being answered in this process; None when none is (or
+    another process answers it)."""
+    with _live_lock:
+        return _live.get((cid, turn))
+
+
+def _link_calls(cid: str, turn: int, keys: dict[int, str], *, eng: Engine | None) -> None:
+    a = store.comparison_answers
+    with _eng(eng).begin() as conn:
+        for position, key in keys.items():
+            conn.execute(a.update().where(a.c.comparison_id == cid, a.c.turn == turn,
+                                          a.c.position == position).values(call_key=key))
+
+
+def beat(cid: str, turn: int, position: int, text: str, reasoning: str,
+         conn: Connection) -> None:
+    """A running answer's text so far, written with its call's heartbeat (in the heartbeat's
+    transaction); an answer that has ended is left alone."""
+    a = store.comparison_answers
+    conn.execute(a.update().where(a.c.comparison_id == cid, a.c.turn == turn,
+                                  a.c.position == position, a.c.status == "running")
+                 .values(text=text, reasoning=reasoning))
 
 
 def load(user_id: str, cid: str, *, eng: Engine | None = None) -> Comparison:

@@ -25,13 +25,13 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 from sqlalchemy.exc import OperationalError
 
 from core import aio, budget, pricing, store, writes
@@ -140,6 +140,9 @@ class Call:
         self._inserts = 0  # tries at writing the row's first version (the write queue's thread)
         self._ran = False
         self._elapsed: float | None = None
+        # What else the heartbeat writes, in its transaction, while the call runs: the answer
+        # the call is for, with the text so far (`on_beat(text, reasoning, conn)`).
+        self.on_beat: Callable[[str, str, Connection], object] | None = None
         self.reply: Reply = provider_for(endpoint).stream(model, messages, params or Params())
 
     # -- what the page reads, live ------------------------------------------------------------
@@ -504,27 +507,34 @@ async def _heartbeat(every: float) -> None:
     while _live:
         await asyncio.sleep(every)
         beats: dict[Engine | None, list[dict[str, Any]]] = {}
+        extras: dict[Engine | None, list[Callable[[Connection], object]]] = {}
         for call in list(_live):
             if call.row_id is None:
                 continue
             # The output only: estimating a long prompt again on every beat would stall the loop.
-            text = call.reply.text
-            tokens = estimate_tokens(text) + estimate_tokens(call.reply.reasoning)
+            text, reasoning = call.reply.text, call.reply.reasoning
+            tokens = estimate_tokens(text) + estimate_tokens(reasoning)
             beats.setdefault(call._eng, []).append({
                 "row_id": call.row_id, "beat_tokens": tokens, "beat_chars": len(text)})
+            if call.on_beat is not None:
+                extras.setdefault(call._eng, []).append(
+                    functools.partial(call.on_beat, text, reasoning))
         for eng, rows in beats.items():
             last = _beats.get(eng)
             if last is not None and not last.done():
                 continue  # the database has not taken the last beat yet: no pile of them
             _beats[eng] = writes.submit(f"beat:{secrets.token_hex(8)}",
-                                        functools.partial(_beat, rows), eng=eng,
-                                        what="heartbeat", keep=False)
+                                        functools.partial(_beat, rows, extras.get(eng, [])),
+                                        eng=eng, what="heartbeat", keep=False)
 
 
-def _beat(rows: list[dict[str, Any]], conn: Connection) -> None:
+def _beat(rows: list[dict[str, Any]], extras: list[Callable[[Connection], object]],
+          conn: Connection) -> None:
     # A beat that cannot be written is dropped: the next one follows, and a minute of misses
     # is tolerated (STALE_AFTER_S).
     conn.execute(_statements(conn.dialect.name).beat, rows)
+    for extra in extras:  # the answers' text so far
+        extra(conn)
 
 
 def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_AFTER_S,
@@ -537,14 +547,16 @@ def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_
     configured ones, whose pricing modes apply. A live call, of this process or another on
     the same database, beats every few seconds and is never marked. Staleness is measured on
     the database's clock, which also stamps every heartbeat, so machines whose clocks disagree
-    never take each other's calls for dead. Returns how many rows were marked.
+    never take each other's calls for dead. The answers those calls were for (a chat message,
+    a compare answer) are settled with them: interrupted, their text so far kept. Returns how
+    many call rows were marked.
     """
     eng = eng or store.engine()
+    cutoff = store.db_now(eng.dialect.name, -stale_after_s)
     last_seen = func.coalesce(_calls.c.heartbeat_at, _calls.c.started_at)
     statement = (
         _calls.update()
-        .where(_calls.c.status == "running",
-               last_seen < store.db_now(eng.dialect.name, -stale_after_s))
+        .where(_calls.c.status == "running", last_seen < cutoff)
         .values(status="interrupted", ended_at=last_seen)
         .returning(*_PRICED)
     )
@@ -552,6 +564,7 @@ def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_
         with eng.begin() as conn:
             rows = conn.execute(statement).all()
             pricing.price_logged(conn, rows, {e.name: e for e in endpoints}, eng=eng)
+            _settle_answers(conn, cutoff)
     except OperationalError as exc:
         if not writes.transient(exc):
             raise
@@ -564,3 +577,29 @@ def mark_interrupted(eng: Engine | None = None, *, stale_after_s: float = STALE_
 _PRICED = (_calls.c.id, _calls.c.endpoint, _calls.c.provider, _calls.c.base_url, _calls.c.model,
            _calls.c.server_model, _calls.c.started_at, _calls.c.input_tokens,
            _calls.c.cached_input_tokens, _calls.c.output_tokens, _calls.c.reasoning_tokens)
+
+
+def _settle_answers(conn: Connection, cutoff: Any) -> None:
+    """Chat messages and compare answers still running whose call has ended at least
+    `cutoff` ago (marked interrupted just now, or completed by a process that died before
+    saving its answer), or that never got a call row and are as old: interrupted, with their
+    call's row and the text of their last heartbeat. A live answer's call is running."""
+    c = _calls.c
+    for table, born in ((store.messages, store.messages.c.created_at),
+                        (store.comparison_answers, _turn_created())):
+        key = table.c.call_key
+        call = select(c.id).where(c.call_key == key).scalar_subquery()
+        ended = select(c.id).where(
+            c.call_key == key, c.status != "running",
+            func.coalesce(c.ended_at, c.heartbeat_at, c.started_at) < cutoff).exists()
+        no_call = ~select(c.id).where(c.call_key == key).exists()
+        conn.execute(table.update().where(
+            table.c.status == "running", or_(ended, and_(no_call, born < cutoff)),
+        ).values(status="interrupted", call_id=call))
+
+
+def _turn_created() -> Any:
+    """When the compare turn of an answer was sent (answers have no time of their own)."""
+    t, a = store.comparison_turns, store.comparison_answers
+    return select(t.c.created_at).where(t.c.comparison_id == a.c.comparison_id,
+                                        t.c.turn == a.c.turn).scalar_subquery()

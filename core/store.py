@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,7 +152,7 @@ def adjust_rollup(conn: Any, old: Any, new: dict[str, Any]) -> bool:
     row as it was (read in this transaction), `new` the columns written. False when the
     call's hour is not rolled up yet (nothing to adjust)."""
     until = rolled_until(conn, old.user_id)
-    if until is None or _aware(old.started_at) >= _aware(until):
+    if until is None or as_utc(old.started_at) >= as_utc(until):
         return False
 
     def delta(name: str) -> Any:
@@ -170,11 +170,6 @@ def adjust_rollup(conn: Any, old: Any, new: dict[str, Any]) -> bool:
                            - int(old.cost_usd is not None)),
         errors=h.errors + (int(new.get("status") == "error") - int(old.status == "error"))))
     return True
-
-
-def _aware(at: Any) -> Any:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def db_now(dialect: str, offset_s: float | None = None) -> Any:
@@ -278,14 +273,20 @@ messages = Table(
     Column("role", String(20), nullable=False),  # user or assistant
     Column("text", Text, nullable=False, default=""),
     Column("reasoning", Text, nullable=False, default=""),  # shown, never sent back
-    Column("status", String(20), nullable=False, default="ok"),  # ok, stopped, error
+    # ok, stopped, error; running while its request is out, interrupted if its process died
+    Column("status", String(20), nullable=False, default="ok"),
     Column("error_kind", String(40)),
     Column("call_id", Integer, ForeignKey("calls.id", ondelete="SET NULL")),
     Column("model", String(200)),
     Column("created_at", DateTime(timezone=True), nullable=False),  # UTC
     Column("position", Integer, nullable=False, default=0),  # depth in the tree, from 0
+    # An answer exists from the moment its request goes out: status running, its text
+    # refreshed with its call's heartbeat; `call_key` (the call's own, `Call.key`) finds the
+    # call's row, which settles it as interrupted if its process dies (metering).
+    Column("call_key", String(40)),
     # Covers the tree walk (ids and parents only) without reading any text.
     Index("ix_messages_conversation_tree", "conversation_id", "id", "parent_id"),
+    Index("ix_messages_status", "status"),  # the few still running, among millions
 )
 
 
@@ -333,7 +334,8 @@ comparison_turns = Table(
     UniqueConstraint("comparison_id", "turn"),
 )
 
-# One row per pane per turn: the answer, written running and completed by the worker thread.
+# One row per pane per turn: the answer, written running (its text refreshed with the call's
+# heartbeat) and completed by the worker thread.
 comparison_answers = Table(
     "comparison_answers",
     metadata,
@@ -347,7 +349,9 @@ comparison_answers = Table(
     Column("status", String(20), nullable=False),  # one of STATUSES
     Column("error_kind", String(40)),
     Column("call_id", Integer, ForeignKey("calls.id", ondelete="SET NULL")),
+    Column("call_key", String(40)),  # the pane's call (`Call.key`), as for messages
     UniqueConstraint("comparison_id", "turn", "position"),
+    Index("ix_comparison_answers_status", "status"),
 )
 
 # One vote per turn; winner NULL with outcome tie or both_bad. Pairwise rows are derived.
@@ -572,3 +576,9 @@ def retry_locked(write: Callable[[], T], attempts: int = 3) -> T:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def as_utc(value: datetime) -> datetime:
+    """A datetime read back from the database, in UTC: SQLite hands back naive datetimes,
+    which were written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -7,13 +7,20 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import chat as flow
 from core import conversations as convs
+from core import conversations_context as ctx
+from core import conversations_list as listing
+from core import conversations_transfer as transfer
+from core import store
+from core.config import make_endpoint
 from core.providers import Message
 from core.ui import chat as chat_ui
 from core.ui.conversations import import_file
 from tests.conftest import API_KEY, call_rows
+from tests.fakes import FakeOpenAIServer
 from tests.test_app import ENTRY, screen_text
-from tests.timing import WAIT_S
+from tests.timing import WAIT_S, wait_until
 
 MODEL_BOX = "chat_model_OpenAI-compatible"
 
@@ -147,7 +154,7 @@ def test_reasoning_is_shown_but_never_sent_back(db, fake_openai):
 
 def test_a_long_conversation_is_trimmed_to_the_window_and_the_user_is_told(
         db, openai_server, monkeypatch):
-    monkeypatch.setattr(chat_ui, "context_window", lambda choice: 700)
+    monkeypatch.setattr("core.chat.context_window", lambda endpoint, model: 700)
     at = app()
     at.secrets["endpoints"] = [{"name": "Small", "base_url": openai_server.url,
                                 "api_key": API_KEY, "models": ["gpt-4o-mini"]}]
@@ -168,7 +175,7 @@ def test_ollama_gets_num_ctx_and_the_window_it_names(db, monkeypatch, ollama_ser
     at.chat_input[0].set_value("hello ollama").run()
     assert not at.exception
     options = ollama_server.requests[-1]["options"]
-    assert 0 < options["num_ctx"] <= chat_ui.OLLAMA_MAX_CTX
+    assert 0 < options["num_ctx"] <= ctx.OLLAMA_MAX_CTX
 
 
 def test_the_same_conversation_in_two_tabs_is_never_overwritten(db, fake_openai):
@@ -191,10 +198,10 @@ def test_deleting_the_open_conversation_asks_first_then_opens_a_new_chat(db, fak
     cid = address(at)
     at.button(key="convo_delete").click().run()
     assert "for good" in at.warning[0].value
-    assert convs.count_conversations("local") == 1  # only asked
+    assert listing.count_conversations("local") == 1  # only asked
     at.button(key="convo_delete_yes").click().run()
     assert not at.exception
-    assert convs.count_conversations("local") == 0
+    assert listing.count_conversations("local") == 0
     assert not at.chat_message and "c" not in at.query_params
     assert f"convo_open_{cid}" not in [b.key for b in at.button]
 
@@ -218,7 +225,7 @@ def test_rename_and_search_in_chinese(db, fake_openai):
 def test_a_1_mb_message_is_refused_with_a_sentence(db, fake_openai):
     at = send(app().run(), "x" * 1_000_000)
     assert "the limit is 500,000" in at.warning[0].value
-    assert convs.count_conversations("local") == 0 and call_rows(db) == []
+    assert listing.count_conversations("local") == 0 and call_rows(db) == []
 
 
 def test_a_long_conversation_shows_its_last_messages_and_earlier_on_demand(db, fake_openai):
@@ -235,17 +242,17 @@ def test_a_long_conversation_shows_its_last_messages_and_earlier_on_demand(db, f
 @pytest.mark.parametrize(("data", "says"), [
     (b"not json at all", "is not JSON"),
     (json.dumps({"hello": "world"}).encode(), "not an OwnGPT conversation"),
-    (b" " * (convs.MAX_IMPORT_BYTES + 1), "at most 52 MB"),
+    (b" " * (transfer.MAX_IMPORT_BYTES + 1), "at most 52 MB"),
 ])
 def test_an_import_that_cannot_be_read_says_why(db, data, says):
     cid, problem = import_file("local", data)
     assert cid is None and says in problem
-    assert convs.count_conversations("local") == 0
+    assert listing.count_conversations("local") == 0
 
 
 def test_an_export_imports_back_and_a_compare_pane_continues_in_chat(db, fake_openai):
     at = send(app().run(), "round trip")
-    cid, problem = import_file("local", convs.export_json("local", address(at)).encode())
+    cid, problem = import_file("local", transfer.export_json("local", address(at)).encode())
     assert problem is None
     assert [m.text for m in convs.path("local", cid)][0] == "round trip"
     new_id, link = convs.continue_in_chat(
@@ -265,11 +272,14 @@ def test_titles_come_from_the_first_message_or_when_asked_from_the_model(db, fak
     at.button(key="convo_new").click().run()
     at.sidebar.toggle(key="chat_ask_titles").set_value(True).run()
     send(at, "Second conversation here", model=None)
-    rows = call_rows(db)
+    # The title is a run of its own, after the answer is saved: it comes a little later.
+    rows = wait_until(lambda: (r := call_rows(db)) and r[-1]["status"] == "ok"
+                      and r[-1]["source"] == "title" and r, what="the title's call")
     assert [r["source"] for r in rows] == ["chat", "chat", "title"]
     assert rows[-1]["conversation_id"] == address(at)  # metered with its conversation
     # The fake echoes the prompt, so the model's "title" starts with the instruction's words.
-    assert convs.get("local", address(at)).title.startswith("Echo")
+    wait_until(lambda: convs.get("local", address(at)).title.startswith("Echo"),
+               what="the model's title")
 
 
 def test_the_gauge_shows_how_full_the_context_is_on_opening(db, fake_openai):
@@ -287,3 +297,104 @@ def test_a_conversations_model_is_chosen_even_when_the_server_does_not_list_it(
                        messages=[convs.ChatMessage("user", "hi")]).id
     at = app(c=cid).run()
     assert at.sidebar.selectbox(key=MODEL_BOX).value == "my-deployment"
+
+
+def test_a_conversation_with_bad_stored_settings_opens_with_a_note(db, fake_openai):
+    cid = convs.create("local", endpoint="OpenAI-compatible", model="gpt-4o-mini",
+                       messages=[convs.ChatMessage("user", "hi"),
+                                 convs.ChatMessage("assistant", "hello")]).id
+    with db.begin() as conn:  # as an older version or a hand edit might have left it
+        conn.exec_driver_sql("UPDATE conversations SET params = :p WHERE id = :cid",
+                             {"p": '{"temperature": 5, "top_p": -1, "seed": 3}', "cid": cid})
+    at = app(c=cid).run()
+    assert not at.exception, at.exception
+    assert "temperature=5; top_p=-1" in at.warning[0].value
+    assert on_screen(at) == [("user", "hi"), ("assistant", "hello")]
+    assert at.sidebar.number_input(key="chat_seed").value == 3  # the good value is kept
+    send(at, "and now?", model=None)  # sending saves the settings as they are on screen
+    assert convs.get("local", cid).notes == ()
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({"params": {"temperature": 5}}, "sets “params/temperature” to 5; it must be between 0 and 2"),
+    ({"params": {"top_p": -1}}, "sets “params/top_p” to -1; it must be between 0 and 1"),
+])
+def test_an_import_with_parameters_out_of_range_says_which(db, doc, says):
+    data = {"format": transfer.FORMAT, "version": 1, "messages": [], **doc}
+    cid, problem = import_file("local", json.dumps(data).encode())
+    assert cid is None and says in problem
+
+
+@pytest.fixture
+def slow_openai(monkeypatch):
+    """The page's server: "fault-slow" waits ten minutes for its first token; the others
+    stream 1,000 tokens at 50 a second (20 s)."""
+    with FakeOpenAIServer(api_key=API_KEY, tokens=1000, rate=50, slow_first_token=600) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        yield server
+
+
+def started(server, model: str) -> flow.ChatTurn:
+    """A message sent by another run of the page (the tab before its reload)."""
+    endpoint = make_endpoint("OpenAI-compatible", "openai", base_url=server.url,
+                             api_key=API_KEY, source="env")
+    return flow.send("local", "Tell me a long story", flow.Settings(endpoint, model)).start()
+
+
+def live_answer(at: AppTest) -> str:
+    [_, answer] = at.chat_message
+    return answer.markdown[-1].value
+
+
+@pytest.mark.parametrize("model", ["fault-slow", "gpt-4o-mini"])
+def test_a_reload_while_an_answer_streams_shows_it_and_its_stop(db, slow_openai, model):
+    turn = started(slow_openai, model)
+    try:
+        if model == "gpt-4o-mini":  # mid-stream, else during the first token
+            wait_until(lambda: len(turn.call.text) > 20, what="part of the answer")
+        at = app(c=turn.cid).run()
+        assert not at.exception, at.exception
+        assert [m.name for m in at.chat_message] == ["user", "assistant"]
+        if model == "fault-slow":
+            assert live_answer(at) == ":gray[Waiting for the first token…]"
+        else:
+            assert live_answer(at).startswith("Echo: Tell me a long story")
+            assert live_answer(at).endswith(" ▌")
+        at.button(key=f"chat_watch_stop_{turn.answer.id}").click().run()
+    finally:
+        turn.stop()
+    assert turn.wait(WAIT_S)
+    at.run()
+    assert "⏹ Stopped. The partial answer is kept." in [c.value for c in at.caption]
+    assert convs.path("local", turn.cid)[-1].status == "stopped"
+
+
+def test_an_answer_another_process_streams_is_drawn_from_its_heartbeat(db, fake_openai):
+    cid = convs.create("local", messages=[
+        convs.ChatMessage("user", "q"),
+        convs.ChatMessage("assistant", "the text so far", status="running")]).id
+    at = app(c=cid).run()
+    assert live_answer(at) == "the text so far ▌"
+    assert any("another run of the app" in c.value for c in at.caption)
+    answer_id = convs.path("local", cid)[-1].id
+    with db.begin() as conn:  # the other process saves it
+        conn.execute(store.messages.update().where(store.messages.c.id == answer_id)
+                     .values(text="the whole text", status="ok"))
+    at.run()
+    assert live_answer(at) == "the whole text"
+
+
+def test_an_interrupted_answer_shows_its_text_and_retry_asks_again(db, fake_openai):
+    cid = convs.create("local", endpoint="OpenAI-compatible", model="gpt-4o-mini", messages=[
+        convs.ChatMessage("user", "q"),
+        convs.ChatMessage("assistant", "half an ans", status="interrupted")]).id
+    at = app(c=cid).run()
+    assert live_answer(at) == "half an ans"
+    assert "Interrupted: the app stopped" in at.warning[0].value
+    [retry] = [b for b in at.button if b.key.startswith("chat_retry_")]
+    retry.click().run()
+    assert not at.exception, at.exception
+    assert [m["content"] for m in fake_openai.requests[-1]["messages"]] == ["q"]
+    assert on_screen(at)[-1][1].startswith("Echo: q") and any(
+        md.value == "2/2" for md in at.markdown)

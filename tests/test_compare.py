@@ -280,7 +280,8 @@ def test_migration_0004_builds_the_same_tables_as_the_metadata_and_drops_them(tm
     insp = inspect(eng)
     for name in names:
         got = {c["name"]: c["nullable"] for c in insp.get_columns(name)}
-        want = {c.name: c.nullable for c in store.metadata.tables[name].columns}
+        want = {c.name: c.nullable for c in store.metadata.tables[name].columns
+                if (name, c.name) != ("comparison_answers", "call_key")}  # added by 0008
         assert got == want, name
     with eng.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         mod.downgrade()

@@ -186,16 +186,51 @@ def test_a_failed_pane_is_never_highlighted_as_the_best():
 
 
 def test_a_pane_goes_on_in_chat_as_a_new_conversation_with_its_thread(db, fake_openai):
-    from core import conversations
+    from core import conversations, conversations_list
 
     at = two_panes("Carry me over")
     [go_on] = [b for b in at.button if b.key and b.key.startswith("cmp_continue_")
                and b.key.endswith("_1")]
     go_on.click().run()
     assert not at.exception, at.exception
-    [summary] = conversations.list_conversations("local")
+    [summary] = conversations_list.list_conversations("local")
     thread = conversations.path("local", summary.id)
     assert [m.role for m in thread] == ["user", "assistant"]
     assert thread[0].text == "Carry me over" and thread[1].text.startswith("Echo: Carry me over")
     assert summary.model == "gpt-4o"
     assert summary.id in str(at.query_params.get("c"))  # the chat page opened it
+
+
+def test_a_turn_reopened_while_it_streams_goes_on_and_can_be_stopped(db, monkeypatch):
+    from core import compare
+    from core.config import make_endpoint
+    from tests.fakes import FakeOpenAIServer
+    from tests.timing import WAIT_S, wait_until
+
+    with FakeOpenAIServer(api_key=API_KEY, tokens=1000, rate=50, slow_first_token=600) as slow:
+        monkeypatch.setenv("OPENAI_BASE_URL", slow.url)
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        endpoint = make_endpoint("OpenAI-compatible", "openai", base_url=slow.url,
+                                 api_key=API_KEY, source="env")
+        cid = compare.create("local", [compare.Pane(endpoint.name, "gpt-4o-mini"),
+                                       compare.Pane(endpoint.name, "fault-slow")])
+        live = compare.send("local", cid, "Tell me a long story", {endpoint.name: endpoint})
+        try:
+            # Pane A mid-stream, pane B still waiting for its first token.
+            wait_until(lambda: len(live.run.calls[0].text) > 20, what="part of pane A")
+            at = compare_page(app().run())
+            at.session_state["cmp_id"] = cid
+            at.run()
+            assert not at.exception, at.exception
+            shown = [m.value for m in at.markdown]
+            assert any(v.startswith("Echo: Tell me a long story") and v.endswith(" ▌")
+                       for v in shown)
+            assert ":gray[Waiting for the first token…]" in shown
+            at.button(key=f"cmp_watch_stop_{cid}_0").click().run()
+        finally:
+            live.run.stop()
+        assert live.run.wait(WAIT_S)
+        at.run()
+        answers = compare.load("local", cid).turns[0].answers
+        assert [a.status for a in answers] == ["stopped", "stopped"]
+        assert screen_text(at).count("Stopped: the partial answer is kept.") == 2

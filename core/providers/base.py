@@ -44,6 +44,30 @@ class Params:
     num_ctx: int | None = None  # Ollama's context window for this request; others ignore it
 
 
+# The values each parameter may take, whichever way it comes in (a widget, a stored
+# conversation, an import): (lowest, highest), both allowed; integers for the integer ones.
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "max_tokens": (1, 1_000_000),
+    "seed": (0, 2**63 - 1),
+    "num_ctx": (1, 10_000_000),
+}
+INTEGER_PARAMS = frozenset({"max_tokens", "seed", "num_ctx"})
+
+
+def param_ok(name: str, value: object) -> bool:
+    """Whether `value` is one `name` may take: a number of the right kind (never a bool, NaN
+    or infinity) within PARAM_RANGES."""
+    if name not in PARAM_RANGES or isinstance(value, bool):
+        return False
+    kinds: tuple[type, ...] = (int,) if name in INTEGER_PARAMS else (int, float)
+    if not isinstance(value, kinds):
+        return False
+    low, high = PARAM_RANGES[name]
+    return low <= value <= high  # False for NaN
+
+
 @dataclass
 class Usage:
     """Tokens one call used, as the server counted them (or estimated, then flagged)."""

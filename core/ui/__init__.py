@@ -1,8 +1,8 @@
 """Streamlit widgets the pages share. The only part of core that imports streamlit."""
 
+from core.chat import clean_prompt
 from core.ui.calls import mark_interrupted_calls
 from core.ui.chat import (
-    clean_prompt,
     load_thread,
     mark_seen,
     measure_context,

@@ -1,15 +1,16 @@
 """The chat view on a saved conversation: its messages drawn from the database at draw time,
 sending one, regenerating and editing (branches), and what a reply cost.
 
-The conversation is the state: a reload, a restart or another page loses nothing. The reply
-streams on the call loop and is saved by the run's worker (`on_end`), so a Stop or a rerun
-that ends the script run that started it saves it all the same.
+The conversation is the state: a reload, a restart or another page loses nothing. The turn
+itself (request, call, saving, titles) is `core.chat`'s; this module keeps the session's
+state (which conversation is open, the seq the user saw, the turn streaming) and draws. An
+answer this session streams is drawn live; one that another run of the page started (a
+reload, another tab) is followed by a fragment that polls. One concern, the chat view, whose
+drawing helpers share that session state: it reads better whole than split (~540 lines).
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,25 +18,23 @@ from typing import Any
 import streamlit as st
 from sqlalchemy import select
 
+from core import chat as flow
 from core import conversations as convs
 from core import money, store, writes
+from core.chat import clean_prompt
 from core.config import Endpoint
 from core.i18n import t
 from core.metering import Call
-from core.providers import Message, Params, ProviderError
-from core.runner import Run
+from core.providers import Params
 from core.ui.errors import show_error, show_saved_error
 from core.ui.pickers import KEPT, Choice, remember
-from core.ui.render import literal
+from core.ui.render import literal, markdown
 from core.ui.render import show as show_markdown
 from core.ui.session import current_user
 from core.ui.stream import show_run, stop_run
 
-MAX_MESSAGE_CHARS = 500_000
 SHOW_STEP = 50  # messages drawn at first, and how many more "show earlier" adds
-# C0 controls other than tab and newlines break JSON bodies, logs and PostgreSQL text.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# The reply being streamed, as (run, info); it outlives the script run that started it.
+# The reply being streamed (a core.chat.ChatTurn); it outlives the script run that started it.
 _ACTIVE = "chat_active_reply"
 # The conversation on screen: {"cid": id or None, "seq": the sequence number the user saw}.
 VIEW = "chat_view"
@@ -44,27 +43,8 @@ PENDING = "chat_pending"  # a regenerate or an edit asked for by a button, done 
 NOTICE = "chat_notice"  # a catalog key to tell the user once (a conversation changed elsewhere)
 FIT = "chat_fit"  # the context the last request used: the gauge
 ASK_TITLES = "chat_ask_titles"
-
-# Context windows of common models (tokens), for servers that do not say.
-KNOWN_WINDOWS = {
-    "gpt-4o": 128_000, "gpt-4o-mini": 128_000, "gpt-4.1": 1_047_576, "gpt-4.1-mini": 1_047_576,
-    "gpt-4.1-nano": 1_047_576, "gpt-4-turbo": 128_000, "gpt-4": 8_192,
-    "gpt-3.5-turbo": 16_385, "o1": 200_000, "o3": 200_000, "o3-mini": 200_000,
-    "o4-mini": 200_000, "gpt-5": 400_000, "gpt-5-mini": 400_000, "gpt-5-nano": 400_000,
-    "deepseek-chat": 65_536, "deepseek-reasoner": 65_536,
-}
-DEFAULT_WINDOW = 8_192
-# Ollama's window is what the request asks for (num_ctx); more than this costs a laptop
-# gigabytes of memory, so the app asks for at most this much even if the model could take more.
-OLLAMA_MAX_CTX = 8_192
-
-
-def clean_prompt(text: str | None) -> str | None:
-    """The message to send, or None when there is nothing to send."""
-    if text is None:
-        return None
-    text = _CONTROL.sub("", text)
-    return text if text.strip() else None
+# How often a running answer that another run of the page started is drawn again.
+WATCH_S = 1.0
 
 
 # --- which conversation is open ------------------------------------------------------------
@@ -171,6 +151,9 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
     """
     if thread is None:
         return
+    if thread.notes:
+        st.warning(t("convo.stored_dropped", what="; ".join(thread.notes)),
+                   icon=":material/healing:")
     if action is not None:
         ids = [m.id for m in thread.messages]
         target = action[1]
@@ -182,15 +165,25 @@ def show_thread(thread: convs.Thread | None, user: str, endpoints: Sequence[Endp
                   icon=":material/expand_less:", on_click=_show_more)
     rows = _call_rows([m.call_id for m in thread.messages if m.call_id is not None])
     urls = {e.name: e.shown_url for e in endpoints}
-    last = thread.messages[-1] if thread.messages else None
-    for m in thread.messages:
+    messages = thread.messages
+    streaming = messages[-1] if messages and messages[-1].status == "running" else None
+    if streaming is not None:
+        messages = messages[:-1]  # drawn live below, not as saved
+    for m in messages:
         _show_saved(m, thread, rows.get(m.call_id), urls.get(thread.conversation.endpoint, "?"),
-                    is_last=m is last)
-    active = st.session_state.get(_ACTIVE)
-    if (active is not None and not active[0].finished and active[1]["cid"] == thread.conversation.id
-            and last is not None and active[1]["parent"] == last.id):
-        _follow(active[0])
-        _redraw_saved(active[0])
+                    is_last=m is thread.messages[-1])
+    turn = _active()
+    if streaming is not None and turn is not None and turn.answer.id == streaming.id:
+        # This session's answer, live; one that ended since the read above is drawn as it
+        # ended (a rerun would find it saved, or, "not saved yet", still running).
+        finished = turn.finished
+        _follow(turn)
+        if not finished:
+            _redraw_saved(turn)
+    elif streaming is not None:
+        # Another run of the page started it (a reload, another tab, a restart since):
+        # followed from this process's turn, or from its heartbeat in the database.
+        _watch(user, thread.conversation.id, streaming.id)
     if writes.unsaved(conversation_id=thread.conversation.id):
         st.warning(t("writes.unsaved_reply"), icon=":material/cloud_off:")
 
@@ -219,6 +212,10 @@ def _show_saved(m: convs.ChatMessage, thread: convs.Thread, row: dict[str, Any] 
 def _outcome(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> None:
     if m.status == "stopped":
         st.caption("⏹ " + t("chat.stopped"))
+    elif m.status == "interrupted":
+        st.warning(t("chat.interrupted"), icon=":material/power_off:")
+    elif m.status == "running":  # above a newer message: another tab sent below it
+        st.caption(t("chat.still_running"))
     if row is not None and row.get("finish_reason") == "length":
         st.caption("✂ " + t("chat.cut_by_length"))
     if m.status == "error":
@@ -233,7 +230,8 @@ def _saved_error(m: convs.ChatMessage, row: dict[str, Any] | None, url: str) -> 
 
 
 def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None:
-    """Branch arrows, regenerate (an answer) or edit (a question); Retry on a failed last turn."""
+    """Branch arrows, regenerate (an answer) or edit (a question); Retry on a last answer that
+    failed or was interrupted."""
     assert m.id is not None
     branch = thread.branches.get(m.id)
     busy = _streaming()
@@ -247,7 +245,7 @@ def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None
                        disabled=busy or branch.step(1) is None, on_click=_switch,
                        args=(branch.step(1),), help=t("convo.next_branch"))
     if m.role == "assistant" and m.parent_id is not None:
-        if is_last and m.status == "error":
+        if is_last and m.status in ("error", "interrupted"):
             row.button(t("chat.retry"), key=f"chat_retry_{m.id}", icon=":material/refresh:",
                            disabled=busy, on_click=_ask, args=(("regen", m.parent_id),))
         else:
@@ -261,9 +259,13 @@ def _tools(m: convs.ChatMessage, thread: convs.Thread, *, is_last: bool) -> None
                       args=(m.id, f"chat_edit_text_{m.id}"), icon=":material/send:")
 
 
+def _active() -> flow.ChatTurn | None:
+    return st.session_state.get(_ACTIVE)
+
+
 def _streaming() -> bool:
-    active = st.session_state.get(_ACTIVE)
-    return active is not None and not active[0].finished
+    turn = _active()
+    return turn is not None and not turn.finished
 
 
 def _ask(action: tuple[Any, ...]) -> None:
@@ -344,84 +346,63 @@ def _meta(model: str, tokens_in: int, tokens_out: int, estimated: bool, ttft: fl
 def stop_reply() -> None:
     """Stop the reply still streaming, if any: it keeps its partial answer (a new message
     replaces the stream rather than wait for it)."""
-    active = st.session_state.get(_ACTIVE)
-    if active is not None:
-        stop_run(active[0])
+    turn = _active()
+    if turn is not None:
+        stop_run(turn.run)
+
+
+def forget(cid: str) -> None:
+    """A conversation is being deleted: its answer still streaming and its title being asked
+    are stopped, so nothing is saved into it."""
+    turn = _active()
+    if turn is not None and turn.cid == cid:
+        stop_run(turn.run)
+        turn.cancel_title()
 
 
 # --- sending -------------------------------------------------------------------------------
 
 
-def context_window(choice: Choice) -> int:
-    """The model's context window in tokens: Ollama's num_ctx the app asks for (the model's own
-    length when smaller), a known window, else a default."""
-    endpoint, model = choice.endpoint, choice.model
-    if endpoint.kind == "ollama":
-        cache = st.session_state.setdefault("_ctx", {})
-        if (endpoint.name, model) not in cache:
-            length = None
-            try:
-                from core.providers import provider_for
-
-                length = provider_for(endpoint).details(model).details.get("context_length")
-            except Exception:  # noqa: BLE001 - an unknown window: the default will do
-                length = None
-            cache[(endpoint.name, model)] = min(int(length), OLLAMA_MAX_CTX) if length \
-                else OLLAMA_MAX_CTX
-        return cache[(endpoint.name, model)]
-    base = model.split("/")[-1]
-    for name in sorted(KNOWN_WINDOWS, key=len, reverse=True):
-        if base == name or base.startswith(name + "-"):
-            return KNOWN_WINDOWS[name]
-    return DEFAULT_WINDOW
-
-
-def sendable(path_messages: Sequence[convs.ChatMessage]) -> list[convs.ChatMessage]:
-    """The turns a request may carry: a question whose answer failed or is empty is left out
-    with its answer, so a request never carries two user messages in a row."""
-    out: list[convs.ChatMessage] = []
-    for i, m in enumerate(path_messages):
-        if m.role != "user":
-            continue
-        answer = path_messages[i + 1] if i + 1 < len(path_messages) else None
-        if answer is None:
-            out.append(m)
-        elif answer.text and answer.status != "error":
-            out += [m, answer]
-    return out
+def _settings(choice: Choice, params: Params, system: str) -> flow.Settings:
+    return flow.Settings(choice.endpoint, choice.model, params, system)
 
 
 def send(prompt: str, choice: Choice, params: Params, thread: convs.Thread | None, *,
          user: str, system: str = "") -> None:
     """Save the message in the open conversation (a new one if none), then stream, meter and
     save the answer."""
-    if len(prompt) > MAX_MESSAGE_CHARS:
-        st.warning(t("chat.too_long", n=f"{len(prompt):,}", limit=f"{MAX_MESSAGE_CHARS:,}"))
-        return
     stop_reply()
     remember(user, choice)
-    active = st.session_state.get(_ACTIVE)
-    if (active is not None and thread is not None and active[1]["cid"] == thread.conversation.id
-            and active[1]["parent"] == thread.leaf_id):
+    turn = _active()
+    if (turn is not None and thread is not None and turn.cid == thread.conversation.id
+            and thread.leaf_id == turn.answer.id):
         # The answer this message follows was still streaming when the page read the
-        # conversation: once its worker has saved it, the new message goes below it.
-        active[0].wait(10)
+        # conversation: once its worker has saved it whole, the request carries all of it.
+        turn.wait(10)
         try:
             thread = convs.load(user, thread.conversation.id, last=1)
         except convs.ConversationNotFound:
             thread = None
+    view = _view()
     try:
-        cid, seq = _settings_saved(user, choice, params, system, thread)
-        parent = thread.leaf_id if thread is not None else None
-        question, seq = convs.add_message(user, cid, convs.ChatMessage("user", prompt),
-                                          parent_id=parent, seq=seq)
+        started = flow.send(
+            user, prompt, _settings(choice, params, system),
+            conversation=thread.conversation if thread is not None else None,
+            parent_id=thread.leaf_id if thread is not None else None,
+            seq=view["seq"] if thread is not None else 0,
+            ask_title=bool(st.session_state.get(ASK_TITLES)))
+    except flow.ChatRefused as refused:
+        st.warning(t(refused.key, **refused.context))
+        return
     except convs.ConversationChanged:
         _changed()
         return
-    _view()["seq"] = seq
-    _show_plain(question)
-    path_before = convs.path(user, cid)
-    _answer(user, cid, question, path_before, choice, params, system, seq)
+    if thread is None:
+        _set_view(started.cid, started.seq)
+        st.query_params["c"] = started.cid
+    view["seq"] = started.seq
+    _show_plain(started.question)
+    _answer(started, choice)
 
 
 def regenerate(question_id: int, choice: Choice, params: Params, thread: convs.Thread, *,
@@ -430,26 +411,23 @@ def regenerate(question_id: int, choice: Choice, params: Params, thread: convs.T
     question as its sibling and answer that: each opens a new branch."""
     stop_reply()
     remember(user, choice)
-    cid = thread.conversation.id
-    full = convs.path(user, cid)
-    ids = [m.id for m in full]
-    if question_id not in ids:
-        return
-    at = ids.index(question_id)
+    view = _view()
     try:
-        cid, seq = _settings_saved(user, choice, params, system, thread)
-        if edited is not None:
-            question, seq = convs.add_message(user, cid, convs.ChatMessage("user", edited),
-                                              parent_id=full[at].parent_id, seq=seq)
-        else:
-            question = full[at]
+        started = flow.regenerate(user, _settings(choice, params, system), thread.conversation,
+                                  question_id, seq=view["seq"], edited=edited,
+                                  ask_title=bool(st.session_state.get(ASK_TITLES)))
+    except flow.ChatRefused as refused:
+        st.warning(t(refused.key, **refused.context))
+        return
     except convs.ConversationChanged:
         _changed()
         return
-    _view()["seq"] = seq
+    if started is None:
+        return
+    view["seq"] = started.seq
     if edited is not None:
-        _show_plain(question)
-    _answer(user, cid, question, [*full[:at], question], choice, params, system, seq)
+        _show_plain(started.question)
+    _answer(started, choice)
 
 
 def _changed() -> None:
@@ -462,66 +440,66 @@ def _changed() -> None:
             new_chat()
 
 
-def _settings_saved(user: str, choice: Choice, params: Params, system: str,
-                    thread: convs.Thread | None) -> tuple[str, int]:
-    """The conversation to write to, remembering the settings it is sent with."""
-    if thread is None:
-        conv = convs.create(user, endpoint=choice.endpoint.name, model=choice.model,
-                            system=system, params=params)
-        _set_view(conv.id, conv.seq)
-        st.query_params["c"] = conv.id
-        return conv.id, conv.seq
-    if thread.seq != _view()["seq"]:  # written elsewhere since this tab drew it
-        raise convs.ConversationChanged(thread.conversation.id, thread.seq)
-    conv = thread.conversation
-    if (conv.endpoint, conv.model, conv.system, conv.params) == (
-            choice.endpoint.name, choice.model, system, params):
-        return conv.id, thread.seq
-    seq = convs.update_settings(user, conv.id, seq=thread.seq, endpoint=choice.endpoint.name,
-                                model=choice.model, system=system, params=params)
-    return conv.id, seq
-
-
 def _show_plain(m: convs.ChatMessage) -> None:
     with st.chat_message(m.role):
         st.text(m.text, width="stretch")
 
 
-def _answer(user: str, cid: str, question: convs.ChatMessage,
-            path_messages: list[convs.ChatMessage], choice: Choice, params: Params, system: str,
-            seq: int) -> None:
-    window = context_window(choice)
-    reserve = params.max_tokens or min(1024, window // 4)
-    fit = convs.fit_context(system, sendable(path_messages), window, reserve)
-    _keep_fit(cid, choice, system, fit, window)
-    sent_params = replace(params, num_ctx=window) if choice.endpoint.kind == "ollama" else params
-    call = Call(choice.endpoint, choice.model, fit.messages, sent_params, user_id=user,
-                source="chat", conversation_id=cid)
-    info = {"cid": cid, "parent": question.id}
-    first = question.position == 0 and question.parent_id is None
-    ask_title = first and bool(st.session_state.get(ASK_TITLES))
-    run = Run([call], on_end=functools.partial(
-        _save, user, cid, question, _view(), seq, ask_title, choice.endpoint))
+def _answer(turn: flow.ChatTurn, choice: Choice) -> None:
+    _keep_fit(turn.cid, choice, turn.settings.system, turn.request)
     # Registered before it starts: writing state is where a pending rerun takes effect, and
     # a run that went out must always be the one the next script run finds.
-    st.session_state[_ACTIVE] = (run, info)
-    run.start()
-    if fit.left_out:
-        st.caption("✂ " + t("convo.left_out", n=len(fit.left_out)))
-    _follow(run)
-    _redraw_saved(run)
+    st.session_state[_ACTIVE] = turn
+    turn.start()
+    if turn.request.fit.left_out:
+        st.caption("✂ " + t("convo.left_out", n=len(turn.request.fit.left_out)))
+    _follow(turn)
+    _redraw_saved(turn)
 
 
-def _redraw_saved(run: Run) -> None:
+def _redraw_saved(turn: flow.ChatTurn) -> None:
     # The answer has been saved: draw the page again from the conversation, so the sidebar
     # lists it and the answer gets its buttons (regenerate, branches).
-    if run.finished:
+    if turn.finished:
         st.rerun()
 
 
-def _keep_fit(cid: str, choice: Choice, system: str, fit: convs.Fit, window: int) -> None:
-    st.session_state[FIT] = {"cid": cid, "tokens": fit.tokens, "window": window,
-                             "left_out": len(fit.left_out),
+@st.fragment(run_every=WATCH_S)
+def _watch(user: str, cid: str, answer_id: int) -> None:
+    """A running answer this run of the page did not start, redrawn every WATCH_S: from its
+    turn when this process streams it (with Stop), else from its heartbeat in the database.
+    Once it has ended the whole page is drawn again, with the answer as saved."""
+    turn = flow.live(answer_id)
+    if turn is not None:
+        text, reasoning, running = turn.call.text, turn.call.reasoning, not turn.finished
+    else:
+        try:
+            m = convs.message(user, cid, answer_id)
+        except convs.ConversationNotFound:
+            st.rerun()
+            return
+        text, reasoning, running = m.text, m.reasoning, m.status == "running"
+    if not running:
+        st.rerun()
+    with st.chat_message("assistant"):
+        if reasoning:
+            with st.expander(t("chat.thinking"), expanded=not text,
+                             icon=":material/psychology:"):
+                show_markdown(reasoning)
+        if text:
+            st.markdown(markdown(text) + " ▌")
+        else:
+            st.markdown(f":gray[{t('chat.waiting')}]")
+        if turn is None:
+            st.caption(t("chat.following"))
+        else:
+            st.button(t("run.stop"), key=f"chat_watch_stop_{answer_id}",
+                      icon=":material/stop_circle:", on_click=turn.stop)
+
+
+def _keep_fit(cid: str, choice: Choice, system: str, req: flow.Request) -> None:
+    st.session_state[FIT] = {"cid": cid, "tokens": req.fit.tokens, "window": req.window,
+                             "left_out": len(req.fit.left_out),
                              "for": (choice.endpoint.name, choice.model, system)}
 
 
@@ -537,17 +515,14 @@ def measure_context(user: str, thread: convs.Thread | None, choice: Choice | Non
     if fit and fit["cid"] == cid and fit.get("for") == (choice.endpoint.name, choice.model,
                                                          system):
         return
-    window = context_window(choice)
-    reserve = params.max_tokens or min(1024, window // 4)
-    path_messages = convs.path(user, cid)
-    _keep_fit(cid, choice, system, convs.fit_context(system, sendable(path_messages), window,
-                                                     reserve), window)
+    req = flow.request(_settings(choice, params, system), convs.path(user, cid))
+    _keep_fit(cid, choice, system, req)
 
 
-def _follow(run: Run) -> None:
+def _follow(turn: flow.ChatTurn) -> None:
     with st.chat_message("assistant"):
-        show_run(run, [st.container()])
-        call = run.calls[0]
+        show_run(turn.run, [st.container()])
+        call = turn.call
         if call.status == "stopped":
             st.caption("⏹ " + t("chat.stopped"))
         if call.finish_reason == "length":
@@ -556,47 +531,3 @@ def _follow(run: Run) -> None:
             show_error(call.error)
         if call.text or call.status == "stopped":
             st.caption(meta_line(call))
-
-
-def _hint_name(err: ProviderError | None) -> str | None:
-    if err is None:
-        return None
-    return err.hint.removeprefix("error.")
-
-
-def _save(user: str, cid: str, question: convs.ChatMessage, view: dict[str, Any], seq: int,
-          ask_title: bool, endpoint: Endpoint, call: Call) -> None:
-    """The answer as it ended, saved (on the run's worker thread, so a Stop or a rerun that
-    ends the script run loses nothing)."""
-    status = call.status if call.status in ("ok", "stopped") else "error"
-    reply = convs.ChatMessage("assistant", call.text, call.reasoning, status=status,
-                              error_kind=_hint_name(call.error) if status == "error" else None,
-                              call_id=call.row_id, model=call.model)
-    assert question.id is not None
-    try:
-        saved = convs.save_reply(user, cid, reply, parent_id=question.id, key=call.key)
-        current = convs.get(user, cid)
-        if current.leaf_id != saved.id and saved.id is not None:
-            # A regenerated answer: the branch on screen moves onto it from the old answer.
-            convs.switch_branch(user, cid, saved.id, seq=current.seq)
-        if ask_title and status == "ok":
-            _title_from_model(user, cid, question.text, endpoint, call.model)
-        after = convs.get(user, cid).seq
-    except convs.ConversationNotFound:  # deleted while it streamed: nothing to save to
-        return
-    except writes.NotSavedYet:  # kept and saved once the database lets it; the page says so
-        return
-    if view.get("cid") == cid and view.get("seq") == seq:
-        view["seq"] = after  # our own write: the tab is not told "changed elsewhere"
-
-
-def _title_from_model(user: str, cid: str, text: str, endpoint: Endpoint, model: str) -> None:
-    def ask(messages: list[Message]) -> str:
-        call = Call(endpoint, model, messages, Params(max_tokens=30), user_id=user,
-                    source="title", conversation_id=cid)
-        call.run_sync(timeout=60)
-        if call.error is not None:
-            raise call.error
-        return call.text
-
-    convs.rename(user, cid, convs.title_with_model(text, ask))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pandas as pd
@@ -12,17 +11,17 @@ from sqlalchemy import select
 from core import compare, conversations, money, rating, store, writes
 from core.config import Endpoint
 from core.i18n import t
-from core.metering import Call
 from core.providers import ProviderError
-from core.runner import Run
 from core.ui.errors import KINDS, show_blind_error, show_error
 from core.ui.pickers import cached_models
-from core.ui.render import literal
+from core.ui.render import literal, markdown
 from core.ui.render import show as show_markdown
 from core.ui.stream import show_run
 
-RUN_KEY = "cmp_run"  # (comparison id, turn, Run) of the turn streaming now
+RUN_KEY = "cmp_run"  # the compare.LiveTurn this session sent last
 ID_KEY = "cmp_id"
+# How often a turn that another run of the page sent is drawn again.
+WATCH_S = 1.0
 
 
 def _models(endpoint: Endpoint) -> list[str]:
@@ -81,28 +80,8 @@ def ollama_note(panes: list[tuple[Endpoint, str, str | None, dict | None] | None
 
 
 def start(user: str, cid: str, prompt: str, endpoints: list[Endpoint]) -> None:
-    """Record the turn and send it to every pane at once through one Run."""
-    turn = compare.start_turn(user, cid, prompt)
-    comp = compare.load(user, cid)
-    by_name = {e.name: e for e in endpoints}
-    calls, positions = [], {}
-    for pane in comp.panes:
-        endpoint = by_name.get(pane.endpoint)
-        if endpoint is None:  # the endpoint was removed since: the pane fails visibly
-            compare.save_answer(cid, turn, pane.position, text="", status="error",
-                                error_kind="config")
-            continue
-        _, params = compare.pane_settings(comp, pane.position)
-        call = Call(endpoint, pane.model, compare.messages_for(comp, pane.position, turn),
-                    params, user_id=user, source="compare", comparison_id=cid)
-        positions[id(call)] = pane.position
-        calls.append(call)
-
-    def on_end(call: Call) -> None:  # worker thread: saving survives a Stop or a rerun
-        with contextlib.suppress(writes.NotSavedYet):  # kept and saved later; the page says so
-            compare.save_call(cid, turn, positions[id(call)], call)
-
-    st.session_state[RUN_KEY] = (cid, turn, Run(calls, on_end=on_end).start(), positions)
+    """Record the turn and send it to every pane at once (`core.compare.send`)."""
+    st.session_state[RUN_KEY] = compare.send(user, cid, prompt, {e.name: e for e in endpoints})
 
 
 def numbers(comp: compare.Comparison, turn: compare.Turn) -> pd.DataFrame | None:
@@ -195,8 +174,10 @@ def vote_label(vote: dict) -> str:
 
 def show_comparison(user: str, comp: compare.Comparison) -> None:
     """Every turn: the prompt, the panes' answers (live for the running turn), numbers, vote."""
-    live = st.session_state.get(RUN_KEY)
-    if (live and live[0] == comp.id and live[2].finished
+    live: compare.LiveTurn | None = st.session_state.get(RUN_KEY)
+    if live is not None and live.cid != comp.id:
+        live = None
+    if (live is not None and live.run.finished
             and any(a.status == "running" for turn in comp.turns for a in turn.answers)):
         # The run ended (and saved its answers) after `comp` was read: read it again, or the
         # page would draw answers still "running" and offer no vote.
@@ -213,14 +194,17 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
             if pane["model"]:
                 title += f" · {literal(pane['model'])} ({literal(pane['endpoint'])})"
             col.markdown(title)
-        if live and live[0] == comp.id and live[1] == turn.turn and not live[2].finished:
-            run, positions = live[2], live[3]
-            slots = [cols[positions[id(c)]].container() for c in run.calls]
-            show_run(run, slots)
+        mine = live is not None and live.turn == turn.turn
+        if mine and not live.run.finished:
+            slots = [cols[live.position(c)].container() for c in live.run.calls]
+            show_run(live.run, slots)
             st.rerun()  # redraw from the saved answers, with numbers and the vote
-        errors = {}
-        if live and live[0] == comp.id and live[1] == turn.turn:
-            errors = {live[3][id(c)]: c.error for c in live[2].calls if c.error}
+        if not mine and any(a.status == "running" for a in turn.answers):
+            # Sent by another run of the page (a reload, a restart since): followed from
+            # this process's run, or from the answers' heartbeat in the database.
+            _watch(user, comp.id, turn.turn)
+            continue
+        errors = {live.position(c): c.error for c in live.run.calls if c.error} if mine else {}
         for col, answer in zip(cols, turn.answers, strict=True):
             with col:
                 if answer.text:
@@ -237,6 +221,8 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
                              icon=":material/error:")
                 elif answer.status == "stopped":
                     st.caption(t("compare.stopped"))
+                elif answer.status == "interrupted":
+                    st.warning(t("compare.interrupted"), icon=":material/power_off:")
         df = numbers(comp, turn)
         if df is not None:
             show_numbers(df, money.view(user))
@@ -247,6 +233,36 @@ def show_comparison(user: str, comp: compare.Comparison) -> None:
     if comp.turns and comp.revealed and all(a.status != "running"
                                             for a in comp.turns[-1].answers):
         continue_buttons(user, comp)
+
+
+@st.fragment(run_every=WATCH_S)
+def _watch(user: str, cid: str, turn: int) -> None:
+    """A turn another run of the page sent, its panes redrawn every WATCH_S: from its run when
+    this process answers it (with Stop), else from the answers' heartbeat in the database.
+    Once every pane has ended the whole page is drawn again, with numbers and the vote."""
+    live = compare.live_turn(cid, turn)
+    texts: dict[int, str] = {}
+    if live is not None and not live.run.finished:
+        texts = {live.position(c): c.text for c in live.run.calls}
+    try:
+        answers = compare.load(user, cid).turns[turn].answers
+    except (compare.CompareError, IndexError):
+        st.rerun()
+        return
+    if all(a.status != "running" for a in answers) and not texts:
+        st.rerun()
+    for col, answer in zip(st.columns(len(answers)), answers, strict=True):
+        with col:
+            text = texts.get(answer.position, answer.text)
+            if answer.status == "running":
+                st.markdown(markdown(text) + " ▌" if text else f":gray[{t('chat.waiting')}]")
+            elif text:
+                show_markdown(text)
+    if live is not None and not live.run.finished:
+        st.button(t("run.stop"), key=f"cmp_watch_stop_{cid}_{turn}",
+                  icon=":material/stop_circle:", on_click=live.run.stop)
+    else:
+        st.caption(t("chat.following"))
 
 
 def continue_buttons(user: str, comp: compare.Comparison) -> None:

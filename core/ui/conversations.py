@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import streamlit as st
 
 from core import conversations as convs
+from core import conversations_list as listing
+from core import conversations_transfer as transfer
 from core import money
 from core.i18n import DEFAULT, set_language, t
 from core.ui import chat
@@ -50,7 +52,7 @@ def sidebar(user: str, cid: str | None) -> None:
     found = side.text_input(t("convo.search"), key="convo_search",
                             placeholder=t("convo.search_hint"), icon=":material/search:")
     if found and found.strip():
-        hits = convs.search(user, found, limit=LIST_STEP)
+        hits = listing.search(user, found, limit=LIST_STEP)
         if not hits:
             side.caption(t("convo.no_hits"))
         for hit in hits:
@@ -64,11 +66,11 @@ def sidebar(user: str, cid: str | None) -> None:
 def _listing(user: str, cid: str | None) -> None:
     side = st.sidebar
     n = st.session_state.get(_LIST, LIST_STEP)
-    items = convs.list_conversations(user, limit=n + 1)
+    items = listing.list_conversations(user, limit=n + 1)
     more, items = len(items) > n, items[:n]
     zone = browser_zone()
     today = datetime.now(zone).date()
-    for day, group in convs.group_by_day(items, zone):
+    for day, group in listing.group_by_day(items, zone):
         side.caption(day_label(day, today))
         for item in group:
             _item(item, cid)
@@ -81,7 +83,7 @@ def _more() -> None:
     st.session_state[_LIST] = st.session_state.get(_LIST, LIST_STEP) + LIST_STEP
 
 
-def _item(item: convs.Summary, cid: str | None, snippet: str = "") -> None:
+def _item(item: listing.Summary, cid: str | None, snippet: str = "") -> None:
     # A title may be the model's (or an imported file's): shown as typed, never as Markdown.
     title = literal(item.title) if item.title else t("convo.untitled")
     st.sidebar.button(title, key=f"convo_open_{item.id}", width="stretch",
@@ -93,7 +95,7 @@ def _item(item: convs.Summary, cid: str | None, snippet: str = "") -> None:
 def _open_one(user: str, cid: str) -> None:
     """The open conversation: its running total, its context gauge, rename, delete, export."""
     side = st.sidebar
-    spent = convs.spent(user, cid)
+    spent = listing.spent(user, cid)
     if spent.calls:
         cost = money.cost(spent.cost_usd, money.view(user), partial=not spent.cost_complete)
         side.caption(t("convo.spent", calls=spent.calls, input=spent.input_tokens,
@@ -119,7 +121,7 @@ def _open_one(user: str, cid: str) -> None:
                            file_name=f"conversation-{cid}.md", mime="text/markdown",
                            icon=":material/download:", on_click="ignore")
         st.download_button(t("convo.export_json"), key="convo_export_json",
-                           data=functools.partial(convs.export_json, user, cid,
+                           data=functools.partial(transfer.export_json, user, cid,
                                                   all_branches=True),
                            file_name=f"conversation-{cid}.json", mime="application/json",
                            icon=":material/download:", on_click="ignore")
@@ -137,7 +139,7 @@ def _open_one(user: str, cid: str) -> None:
 def _export_md(user: str, cid: str, lang: str) -> str:
     # Built on click, outside the script run: the reader's language is set again here.
     set_language(lang)
-    return convs.export_markdown(user, cid)
+    return transfer.export_markdown(user, cid)
 
 
 def _rename(user: str, cid: str) -> None:
@@ -155,8 +157,9 @@ def _rename(user: str, cid: str) -> None:
 
 def _delete(user: str, cid: str) -> None:
     st.session_state.pop(_CONFIRM, None)
+    chat.forget(cid)  # its reply and title stop: nothing is saved into it
     if st.session_state.get(chat.VIEW, {}).get("cid") == cid:
-        chat.new_chat()  # stops its reply too: nothing is saved into a deleted conversation
+        chat.new_chat()
     with contextlib.suppress(convs.ConversationNotFound):  # gone already: as wanted
         convs.delete_conversation(user, cid)
 
@@ -182,6 +185,6 @@ def _import(user: str) -> None:
 def import_file(user: str, data: bytes) -> tuple[str | None, str | None]:
     """An uploaded file as a new conversation: its id, or the sentence saying why not."""
     try:
-        return convs.import_json(user, data).id, None
-    except convs.ImportRefused as err:
+        return transfer.import_json(user, data).id, None
+    except transfer.ImportRefused as err:
         return None, t(err.key, **err.context)

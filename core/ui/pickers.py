@@ -11,6 +11,7 @@ from core import store
 from core.config import Endpoint, default_model_for
 from core.i18n import t
 from core.providers import Params, ProviderError, provider_for
+from core.providers.base import PARAM_RANGES
 from core.ui.errors import show_error
 
 LAST_MODEL = "last_model"
@@ -166,11 +167,12 @@ def params_picker(*, key: str = "chat") -> Params:
     """
     with st.sidebar.expander(t("params.title"), icon=":material/tune:"):
         custom = st.toggle(t("params.custom"), **_kept(f"{key}_custom_params", False))
-        temperature = st.slider(t("params.temperature"), 0.0, 2.0, step=0.05,
+        temperature = st.slider(t("params.temperature"), *PARAM_RANGES["temperature"], step=0.05,
                                 disabled=not custom, **_kept(f"{key}_temperature", 0.7))
-        top_p = st.slider(t("params.top_p"), 0.0, 1.0, step=0.01, disabled=not custom,
+        top_p = st.slider(t("params.top_p"), *PARAM_RANGES["top_p"], step=0.01, disabled=not custom,
                           **_kept(f"{key}_top_p", 1.0))
-        max_tokens = st.number_input(t("params.max_tokens"), min_value=0, max_value=1_000_000,
+        max_tokens = st.number_input(t("params.max_tokens"), min_value=0,  # 0: not set
+                                     max_value=int(PARAM_RANGES["max_tokens"][1]),
                                      step=256, help=t("params.max_tokens_help"),
                                      **_kept(f"{key}_max_tokens", 0))
         seed = st.number_input(t("params.seed"), min_value=0, value=None, step=1,
