@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from sqlalchemy import Engine
 
 from core import store
@@ -177,6 +178,23 @@ def send(page: Page, text: str) -> None:
     box = page.get_by_test_id("stChatInputTextArea")
     box.fill(text)
     box.press("Enter")
+
+
+def assistants(page: Page) -> Locator:
+    """The assistant's messages on the page, oldest first."""
+    return page.get_by_test_id("stChatMessage").filter(
+        has=page.get_by_test_id("stChatMessageAvatarAssistant"))
+
+
+def keyed(page: Page, prefix: str) -> Locator:
+    """Widgets whose key starts with `prefix` (Streamlit puts the key in a class)."""
+    return page.locator(f"[class*='st-key-{prefix}']")
+
+
+def conversation_id(page: Page) -> str:
+    """The open conversation's id, from the page's address once it has one."""
+    expect(page).to_have_url(re.compile(r"\?c="))
+    return re.search(r"[?&]c=([^&]+)", page.url).group(1)
 
 
 def screenshot(page: Page, name: str) -> Path:

@@ -104,7 +104,7 @@ def test_images_in_an_answer_become_links_and_nothing_is_fetched(app, browser, l
     send(page, f"Look ![chart]({base}/inline?q=secret) and ![][r] and "
                f'<img src="{base}/raw" onerror="window.pwned=1">\n\n[r]: {base}/ref\n\nend')
     reply = assistant(page)
-    expect(reply).to_contain_text("tokens/s", timeout=WAIT_MS)
+    expect(reply).to_contain_text("tokens/s")
     for view in ("after streaming", "drawn again from the saved conversation"):
         messages = page.get_by_test_id("stChatMessage")
         assert messages.locator("img[src^='http']").count() == 0, view
@@ -116,7 +116,7 @@ def test_images_in_an_answer_become_links_and_nothing_is_fetched(app, browser, l
             "href", f"{base}/ref")
         expect(assistant(page)).to_contain_text(f'<img src="{base}/raw"')  # shown as text
         page.reload()
-        expect(assistant(page)).to_contain_text("tokens/s", timeout=WAIT_MS)
+        expect(assistant(page)).to_contain_text("tokens/s")
         settled(page)
     assert page.evaluate("window.pwned") is None
     assert leak.hits == []  # type: ignore[attr-defined]

@@ -9,24 +9,16 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from tests.conftest import API_KEY, call_rows
-from tests.e2e.conftest import choose_model, send
+from tests.e2e.conftest import assistants, choose_model, conversation_id, keyed, send
 from tests.timing import WAIT_S
 
 STOPPED = "Stopped. The partial answer is kept."
 
 
-def assistants(page: Page):
-    return page.get_by_test_id("stChatMessage").filter(
-        has=page.get_by_test_id("stChatMessageAvatarAssistant"))
 
 
-def keyed(page: Page, prefix: str):
-    return page.locator(f"[class*='st-key-{prefix}']")
 
 
-def conversation_id(page: Page) -> str:
-    expect(page).to_have_url(re.compile(r"\?c="))
-    return re.search(r"[?&]c=([^&]+)", page.url).group(1)
 
 
 def test_conversations_survive_reload_and_restart_branch_and_export(

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import API_KEY
-from tests.e2e.conftest import choose_model, send
+from tests.e2e.conftest import assistants, choose_model, send
 from tests.timing import WAIT_S
 
 STOPPED = "Stopped. The partial answer is kept."
@@ -26,9 +26,6 @@ def long_answers(e2e_openai):
     e2e_openai.tokens, e2e_openai.rate = 40, 80
 
 
-def assistants(page: Page):
-    return page.get_by_test_id("stChatMessage").filter(
-        has=page.get_by_test_id("stChatMessageAvatarAssistant"))
 
 
 def stop_button(page: Page):
