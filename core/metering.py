@@ -14,6 +14,9 @@ database delays a row, never an answer or the other calls, and a locked database
 until the row is written. Reads (the budget's hard stop before the request, the price after
 it) run on a small pool of their own, so they never wait behind a locked write; the budget's
 read has a deadline, and a Stop is honoured while it runs.
+
+One concern, kept whole (~600 lines): the life of one call's row, from admission to its
+completion or interruption, reads best in one file.
 """
 
 from __future__ import annotations

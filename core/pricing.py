@@ -8,6 +8,8 @@ deployment's prices only), or "auto": the deployment's price, else 0 for Ollama,
 catalogs', else 0 for a server on this machine or a private network whose model they do not
 know. So a private gateway (one-api, LiteLLM) forwarding to gpt-4o is priced like gpt-4o
 whatever its address, and a local vLLM serving its own model costs nothing.
+
+One concern, kept whole (~530 lines): the order in which a price is found is read in one file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The database: a SQLite file under data/ by default, DATABASE_URL (PostgreSQL) for teams."""
+"""The database: a SQLite file under data/ by default, DATABASE_URL (PostgreSQL) for teams.
+
+One concern, kept whole (~580 lines): the tables, the engine and its migrations, and the few
+statements every module shares (the rollup's marker, the database's clock), so the schema is
+read in one place."""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ over hourly UTC buckets (a year of a million calls is a few ten thousand groups)
 the browser's days here in pandas; percentiles read three narrow columns; the ledger is one
 sorted, paged query. No function here ever loads the whole log, except an export, which is
 refused above EXPORT_LIMIT rows.
+
+One concern, kept whole (~680 lines): every read of the call log for the usage page, with the
+rollup those reads share.
 """
 
 from __future__ import annotations

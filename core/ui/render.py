@@ -33,6 +33,9 @@ construct is a markdown-it rule recognising it plus a rule here saying what to c
 `LiveMarkdown` renders a growing answer cheaply: the text before the last top-level block that
 follows a blank line is kept from the frame before and only the rest is parsed again (see its
 docstring for when that is valid).
+
+One concern, kept whole (~620 lines): the parser's rules and the edits they make must agree,
+and they read best side by side.
 """
 
 from __future__ import annotations
