@@ -89,7 +89,8 @@ def test(args: list[str]) -> int:
     return run(PYTHON, "-m", "pytest", *args, check=False)
 
 
-README_IMAGES = ("chat.png", "chat-zh.png", "settings.png", "compare.png", "usage.png")
+README_IMAGES = ("chat.png", "chat-zh.png", "settings.png", "compare.png", "usage.png",
+                 "gate.png")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

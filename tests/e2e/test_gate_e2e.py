@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 from core import conversations as convs
 from core.conversations import ChatMessage
 from tests.conftest import API_KEY
-from tests.e2e.conftest import RunningApp
+from tests.e2e.conftest import RunningApp, screenshot
 from tests.timing import wait_until
 
 VISITOR_PASSWORD = "hunter2"
@@ -62,6 +62,7 @@ def test_wrong_is_refused_right_admits_to_the_address_asked_for(gated, browser, 
     sign_in(page, "not-the-password")
     expect(page.get_by_text("That password is not right.")).to_be_visible()
     shows_only_the_password_box(page, [e2e_openai.url, e2e_ollama.url])
+    screenshot(page, "gate.png")  # the README's picture of the password box
     sign_in(page, VISITOR_PASSWORD)
     expect(page.get_by_role("heading", name="Compare models")).to_be_visible()
     expect(page).to_have_url(gated.url + "/compare")
