@@ -317,12 +317,15 @@ def load(user_id: str, cid: str, *, eng: Engine | None = None) -> Comparison:
         turns = {r.turn: Turn(turn=r.turn, prompt=r.prompt)
                  for r in conn.execute(select(t).where(t.c.comparison_id == cid)
                                        .order_by(t.c.turn))}
-        for r in conn.execute(select(a).where(a.c.comparison_id == cid)
+        # Each SELECT sees what is committed when it runs: a turn sent (by another tab or
+        # process) after the turns were read shows on the next load, its answers not before.
+        seen = list(turns)
+        for r in conn.execute(select(a).where(a.c.comparison_id == cid, a.c.turn.in_(seen))
                               .order_by(a.c.turn, a.c.position)):
             turns[r.turn].answers.append(Answer(
                 position=r.position, text=r.text, reasoning=r.reasoning, status=r.status,
                 error_kind=r.error_kind, call_id=r.call_id))
-        for r in conn.execute(select(v).where(v.c.comparison_id == cid)):
+        for r in conn.execute(select(v).where(v.c.comparison_id == cid, v.c.turn.in_(seen))):
             turns[r.turn].vote = {"outcome": r.outcome, "winner": r.winner,
                                   "voted_at": r.voted_at}
     return Comparison(id=row.id, user_id=row.user_id, created_at=row.created_at,

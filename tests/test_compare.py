@@ -6,7 +6,7 @@ import random
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from core import compare, store
 from core.compare import CompareError, Outcome, Pane
@@ -89,6 +89,25 @@ def test_a_failed_pane_keeps_the_user_message_and_skips_the_empty_answer(db):
     comp = compare.load("ana", cid)
     assert [m.role for m in compare.messages_for(comp, 1, 1)] == ["user", "user"]
     assert [m.role for m in compare.messages_for(comp, 0, 1)] == ["user", "assistant", "user"]
+
+
+def test_a_turn_sent_while_the_comparison_is_read_shows_on_the_next_read(db):
+    """Another tab or process sends a turn between load()'s reads of turns and answers."""
+    cid = compare.create("ana", TWO)
+    sent: list[int] = []
+
+    def send_between(conn, cursor, statement, *args) -> None:
+        if "FROM comparison_answers" in statement and not sent:
+            sent.append(compare.start_turn("ana", cid, "sent meanwhile"))
+
+    event.listen(db, "before_cursor_execute", send_between)
+    try:
+        comp = compare.load("ana", cid)
+    finally:
+        event.remove(db, "before_cursor_execute", send_between)
+    assert sent == [0] and comp.turns == []  # as it was when the turns were read
+    [turn] = compare.load("ana", cid).turns
+    assert turn.prompt == "sent meanwhile" and len(turn.answers) == 2
 
 
 def test_answers_saved_from_many_threads_at_once_all_land(db):
