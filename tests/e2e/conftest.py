@@ -139,7 +139,13 @@ def start_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     for app in started:
         if app.process.poll() is None:
             app.process.terminate()
-            app.process.wait(timeout=WAIT_S)
+            try:
+                app.process.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                # Seen once at load 6: the compare module's app still shutting down after 30 s.
+                # The tests are over; a slow exit is not theirs to fail on.
+                app.process.kill()
+                app.process.wait(timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")
